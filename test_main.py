@@ -1,0 +1,293 @@
+"""Tests for main.py, against a real PostgreSQL server (see conftest.py).
+
+One test per handler's success path and per error branch. Each checks what
+landed in the database, not only the response.
+"""
+
+import asyncio
+
+import pytest
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy import text
+
+from main import INT_MAX, app, engine, lifespan
+
+pytestmark = pytest.mark.anyio
+
+ANN = {"name": "Ann", "email": "ann@example.com"}
+BOB = {"name": "Bob", "email": "bob@example.com"}
+
+
+@pytest.fixture(scope="session")
+def anyio_backend():
+    """Run every async test and fixture on one asyncio event loop."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+async def started_app():
+    """The app with its lifespan run: tables created, engine disposed at the end."""
+    async with lifespan(app):
+        yield app
+
+
+@pytest.fixture
+async def client(started_app):
+    """An HTTP client calling the app in-process, on an empty users table."""
+    async with engine.begin() as conn:
+        await conn.execute(text("TRUNCATE users RESTART IDENTITY"))
+    async with AsyncClient(transport=ASGITransport(app=started_app), base_url="http://test") as client:
+        yield client
+
+
+@pytest.fixture
+def stored(started_app):
+    """Read the users table straight from the database, as (id, name, email) rows."""
+
+    async def read():
+        async with engine.connect() as conn:
+            result = await conn.execute(text("SELECT id, name, email FROM users ORDER BY id"))
+            return [tuple(row) for row in result]
+
+    return read
+
+
+async def create(client, user):
+    response = await client.post("/users", json=user)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+# --- create_user -------------------------------------------------------------
+async def test_create_user_is_201_and_stores_the_row(client, stored):
+    response = await client.post("/users", json=ANN)
+
+    assert response.status_code == 201
+    assert response.json() == {"id": 1, **ANN}
+    assert await stored() == [(1, "Ann", "ann@example.com")]
+
+
+async def test_create_user_duplicate_email_is_409(client, stored):
+    await create(client, ANN)
+
+    response = await client.post("/users", json={"name": "Other Ann", "email": ANN["email"]})
+
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Email already registered"}
+    assert await stored() == [(1, "Ann", "ann@example.com")]
+
+
+async def test_create_user_email_domain_case_is_the_same_address(client, stored):
+    await create(client, {"name": "Ann", "email": "ann@Example.COM"})
+
+    response = await client.post("/users", json={"name": "Ann 2", "email": "ann@example.com"})
+
+    assert response.status_code == 409
+    assert await stored() == [(1, "Ann", "ann@example.com")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "Ann"},
+        {"email": "ann@example.com"},
+        {"name": "", "email": "ann@example.com"},
+        {"name": "x" * 101, "email": "ann@example.com"},
+        {"name": "Ann", "email": "not-an-email"},
+        {"name": "Ann", "email": "a@" + "b" * 250 + ".com"},
+        {"name": None, "email": "ann@example.com"},
+        {"name": 5, "email": "ann@example.com"},
+        {"name": "Ann\x00", "email": "ann@example.com"},
+        {"id": 7, "name": "Ann", "email": "ann@example.com"},
+    ],
+    ids=["no-email", "no-name", "empty-name", "long-name", "bad-email", "long-email",
+         "null-name", "number-name", "nul-in-name", "client-chosen-id"],
+)
+async def test_create_user_invalid_body_is_422(client, stored, body):
+    response = await client.post("/users", json=body)
+
+    assert response.status_code == 422
+    assert "detail" in response.json()
+    assert await stored() == []
+
+
+async def test_create_user_stores_quotes_sql_and_unicode_verbatim(client, stored):
+    name = "Robert'); DROP TABLE users;-- 🙂 שלום"
+
+    created = await create(client, {"name": name, "email": "bobby@example.com"})
+
+    assert created["name"] == name
+    assert await stored() == [(1, name, "bobby@example.com")]
+
+
+async def test_create_user_concurrent_duplicates_give_one_201(client, stored):
+    responses = await asyncio.gather(
+        *(client.post("/users", json={"name": f"Racer {i}", "email": "race@example.com"}) for i in range(20))
+    )
+
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [201] + [409] * 19
+    rows = await stored()
+    assert len(rows) == 1 and rows[0][2] == "race@example.com"
+
+
+# --- fetch_users -------------------------------------------------------------
+async def test_fetch_users_lists_users_in_id_order(client):
+    ann = await create(client, ANN)
+    bob = await create(client, BOB)
+
+    response = await client.get("/users")
+
+    assert response.status_code == 200
+    assert response.json() == [ann, bob]
+
+
+async def test_fetch_users_pages_with_offset_and_limit(client):
+    users = [await create(client, {"name": f"U{i}", "email": f"u{i}@example.com"}) for i in range(5)]
+
+    page = await client.get("/users", params={"offset": 1, "limit": 2})
+
+    assert page.status_code == 200
+    assert page.json() == users[1:3]
+
+
+async def test_fetch_users_default_page_is_50(client):
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO users (name, email) SELECT 'U' || g, 'u' || g || '@example.com' FROM generate_series(1, 60) g")
+        )
+
+    response = await client.get("/users")
+
+    assert [u["id"] for u in response.json()] == list(range(1, 51))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"limit": 0}, {"limit": 101}, {"offset": -1}, {"offset": INT_MAX + 1}, {"offset": 2**63},
+     {"limit": "ten"}, {"offset": 1.5}],
+)
+async def test_fetch_users_bad_paging_is_422(client, params):
+    response = await client.get("/users", params=params)
+
+    assert response.status_code == 422
+    assert "detail" in response.json()
+
+
+# --- read_user ---------------------------------------------------------------
+async def test_read_user_returns_the_user(client):
+    ann = await create(client, ANN)
+
+    response = await client.get(f"/users/{ann['id']}")
+
+    assert response.status_code == 200
+    assert response.json() == ann
+
+
+async def test_read_user_missing_is_404(client):
+    response = await client.get("/users/42")
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "User not found"}
+
+
+@pytest.mark.parametrize("user_id", ["0", "-1", str(INT_MAX + 1), str(2**63), "99999999999999999999999", "1.5", "abc"])
+async def test_read_user_id_outside_integer_range_is_422(client, user_id):
+    response = await client.get(f"/users/{user_id}")
+
+    assert response.status_code == 422
+    assert "detail" in response.json()
+
+
+async def test_read_user_largest_integer_id_is_404(client):
+    response = await client.get(f"/users/{INT_MAX}")
+
+    assert response.status_code == 404
+
+
+# --- update_user -------------------------------------------------------------
+async def test_update_user_changes_only_the_fields_sent(client, stored):
+    ann = await create(client, ANN)
+
+    response = await client.patch(f"/users/{ann['id']}", json={"name": "Anna"})
+
+    assert response.status_code == 200
+    assert response.json() == {"id": 1, "name": "Anna", "email": "ann@example.com"}
+    assert await stored() == [(1, "Anna", "ann@example.com")]
+
+
+async def test_update_user_changes_email(client, stored):
+    ann = await create(client, ANN)
+
+    response = await client.patch(f"/users/{ann['id']}", json={"email": "anna@example.com"})
+
+    assert response.status_code == 200
+    assert await stored() == [(1, "Ann", "anna@example.com")]
+
+
+async def test_update_user_missing_is_404(client, stored):
+    await create(client, ANN)
+
+    response = await client.patch("/users/42", json={"name": "Nobody"})
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "User not found"}
+    assert await stored() == [(1, "Ann", "ann@example.com")]
+
+
+async def test_update_user_to_taken_email_is_409(client, stored):
+    await create(client, ANN)
+    bob = await create(client, BOB)
+
+    response = await client.patch(f"/users/{bob['id']}", json={"email": ANN["email"]})
+
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Email already registered"}
+    assert await stored() == [(1, "Ann", "ann@example.com"), (2, "Bob", "bob@example.com")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"name": None}, {"email": None}, {"name": ""}, {"email": "nope"}, {"id": 2}, {"name": ["Ann"]}],
+    ids=["null-name", "null-email", "empty-name", "bad-email", "id", "list-name"],
+)
+async def test_update_user_invalid_body_is_422(client, stored, body):
+    ann = await create(client, ANN)
+
+    response = await client.patch(f"/users/{ann['id']}", json=body)
+
+    assert response.status_code == 422
+    assert await stored() == [(1, "Ann", "ann@example.com")]
+
+
+# --- delete_user -------------------------------------------------------------
+async def test_delete_user_is_204_and_removes_the_row(client, stored):
+    ann = await create(client, ANN)
+    await create(client, BOB)
+
+    response = await client.delete(f"/users/{ann['id']}")
+
+    assert response.status_code == 204
+    assert response.content == b""
+    assert await stored() == [(2, "Bob", "bob@example.com")]
+
+
+async def test_delete_user_missing_is_404(client, stored):
+    await create(client, ANN)
+
+    response = await client.delete("/users/42")
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "User not found"}
+    assert await stored() == [(1, "Ann", "ann@example.com")]
+
+
+# --- the OpenAPI schema that /docs shows ---------------------------------------
+async def test_openapi_documents_error_responses(client):
+    paths = (await client.get("/openapi.json")).json()["paths"]
+
+    assert set(paths["/users"]["post"]["responses"]) == {"201", "409", "422"}
+    assert set(paths["/users"]["get"]["responses"]) == {"200", "422"}
+    assert set(paths["/users/{user_id}"]["get"]["responses"]) == {"200", "404", "422"}
+    assert set(paths["/users/{user_id}"]["patch"]["responses"]) == {"200", "404", "409", "422"}
+    assert set(paths["/users/{user_id}"]["delete"]["responses"]) == {"204", "404", "422"}
