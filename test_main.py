@@ -286,8 +286,8 @@ async def test_delete_user_missing_is_404(client, stored):
 async def test_openapi_documents_error_responses(client):
     paths = (await client.get("/openapi.json")).json()["paths"]
 
-    assert set(paths["/users"]["post"]["responses"]) == {"201", "409", "422"}
-    assert set(paths["/users"]["get"]["responses"]) == {"200", "422"}
-    assert set(paths["/users/{user_id}"]["get"]["responses"]) == {"200", "404", "422"}
-    assert set(paths["/users/{user_id}"]["patch"]["responses"]) == {"200", "404", "409", "422"}
-    assert set(paths["/users/{user_id}"]["delete"]["responses"]) == {"204", "404", "422"}
+    assert set(paths["/users"]["post"]["responses"]) == {"201", "409", "422", "503"}
+    assert set(paths["/users"]["get"]["responses"]) == {"200", "422", "503"}
+    assert set(paths["/users/{user_id}"]["get"]["responses"]) == {"200", "404", "422", "503"}
+    assert set(paths["/users/{user_id}"]["patch"]["responses"]) == {"200", "404", "409", "422", "503"}
+    assert set(paths["/users/{user_id}"]["delete"]["responses"]) == {"204", "404", "422", "503"}
