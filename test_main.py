@@ -5,7 +5,11 @@ landed in the database, not only the response.
 """
 
 import asyncio
+import os
+import subprocess
+import sys
 
+import anyio
 import pytest
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
@@ -280,6 +284,133 @@ async def test_delete_user_missing_is_404(client, stored):
     assert response.status_code == 404
     assert response.json() == {"detail": "User not found"}
     assert await stored() == [(1, "Ann", "ann@example.com")]
+
+
+# --- odd and hostile requests -------------------------------------------------
+@pytest.mark.parametrize(
+    "content",
+    [b'{"name": "Ann", "email":', b'[{"name": "Ann", "email": "ann@example.com"}]', b'"Ann"', b"", b"\xff\xfe"],
+    ids=["truncated-json", "json-array", "json-string", "empty", "not-utf8"],
+)
+async def test_create_user_malformed_body_is_422(client, stored, content):
+    response = await client.post("/users", content=content, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 422
+    assert "detail" in response.json()
+    assert await stored() == []
+
+
+HUGE_BODY = b'{"name": "' + b"x" * 10_000_000 + b'", "email": "big@example.com"}'
+
+
+async def test_create_user_huge_body_is_413(client, stored):
+    response = await client.post("/users", content=HUGE_BODY, headers={"Content-Type": "application/json"})
+
+    # refused from its Content-Length, before reading it; FastAPI answers in plain text here
+    assert response.status_code == 413
+    assert response.text == "Content Too Large"
+    assert await stored() == []
+
+
+async def test_create_user_huge_streamed_body_is_413(client, stored):
+    async def chunks():
+        for start in range(0, len(HUGE_BODY), 65536):
+            yield HUGE_BODY[start:start + 65536]
+
+    response = await client.post("/users", content=chunks(), headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 413
+    assert response.json() == {"detail": "Content Too Large"}
+    assert await stored() == []
+
+
+# --- concurrency -------------------------------------------------------------
+async def test_create_user_concurrent_distinct_emails_all_land(client, stored):
+    responses = await asyncio.gather(
+        *(client.post("/users", json={"name": f"U{i}", "email": f"u{i}@example.com"}) for i in range(30))
+    )
+
+    assert [r.status_code for r in responses] == [201] * 30
+    assert sorted(row[2] for row in await stored()) == sorted(f"u{i}@example.com" for i in range(30))
+
+
+async def test_update_user_concurrent_email_changes_leave_one_of_them(client, stored):
+    ann = await create(client, ANN)
+    emails = [f"ann{i}@example.com" for i in range(10)]
+
+    responses = await asyncio.gather(*(client.patch(f"/users/{ann['id']}", json={"email": e}) for e in emails))
+
+    assert [r.status_code for r in responses] == [200] * 10
+    [(_, _, email)] = await stored()
+    assert email in emails
+
+
+async def test_delete_racing_read_and_update_gives_404s_not_500s(client, stored):
+    ids = [(await create(client, {"name": f"U{i}", "email": f"u{i}@example.com"}))["id"] for i in range(10)]
+    requests = []
+    for user_id in ids:
+        requests += [
+            client.get(f"/users/{user_id}"),
+            client.patch(f"/users/{user_id}", json={"name": "Changed"}),
+            client.delete(f"/users/{user_id}"),
+            client.delete(f"/users/{user_id}"),
+            client.patch(f"/users/{user_id}", json={"name": "Changed again"}),
+        ]
+
+    responses = await asyncio.gather(*requests)
+
+    assert {r.status_code for r in responses} <= {200, 204, 404}
+    assert sum(r.status_code == 204 for r in responses) == 10  # each user deleted once
+    assert await stored() == []
+
+
+# --- database restarts and outages ---------------------------------------------
+async def test_requests_right_after_a_postgres_restart_succeed(client, pg_ctl):
+    ann = await create(client, ANN)
+    await asyncio.gather(*(client.get(f"/users/{ann['id']}") for _ in range(20)))  # fill the pool
+
+    await anyio.to_thread.run_sync(pg_ctl, "restart")
+
+    sequential = [(await client.get(f"/users/{ann['id']}")).status_code for _ in range(5)]
+    concurrent = await asyncio.gather(*(client.get(f"/users/{ann['id']}") for _ in range(20)))
+    assert sequential == [200] * 5
+    assert [r.status_code for r in concurrent] == [200] * 20
+
+
+async def test_postgres_down_is_503_and_the_app_recovers(client, stored, pg_ctl):
+    ann = await create(client, ANN)
+
+    await anyio.to_thread.run_sync(pg_ctl, "stop")
+    try:
+        down = [
+            await client.get(f"/users/{ann['id']}"),
+            await client.get("/users"),
+            await client.post("/users", json=BOB),
+            await client.patch(f"/users/{ann['id']}", json={"name": "Anna"}),
+            await client.delete(f"/users/{ann['id']}"),
+        ]
+    finally:
+        await anyio.to_thread.run_sync(pg_ctl, "start")
+
+    assert [r.status_code for r in down] == [503] * 5
+    assert all(r.json() == {"detail": "Database unavailable"} for r in down)
+    assert (await client.get(f"/users/{ann['id']}")).json() == ann
+    assert await stored() == [(1, "Ann", "ann@example.com")]  # nothing half-applied
+
+
+def test_unreachable_database_at_startup_exits_with_one_line():
+    env = {**os.environ, "DATABASE_URL": "postgresql+asyncpg://ann:s3cret@127.0.0.1:9/shop"}
+
+    result = subprocess.run(
+        [sys.executable, "main.py"], cwd=os.path.dirname(__file__), env=env,
+        capture_output=True, text=True, timeout=60,
+    )
+
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "127.0.0.1" in lines[0] and "shop" in lines[0]
+    assert "s3cret" not in result.stderr
 
 
 # --- the OpenAPI schema that /docs shows ---------------------------------------
