@@ -54,6 +54,8 @@ def start_embedded_postgres() -> str:
 
 
 # --- 2. Async engine ---------------------------------------------------------
+# The tutorial's URL, postgresql+asyncpg://postgres:postgres@localhost:5432/postgres,
+# comes from the environment here, so the code needs no change per machine.
 DATABASE_URL = os.environ.get("DATABASE_URL") or start_embedded_postgres()
 
 # connections each process keeps open; several processes (uvicorn --workers)
@@ -152,14 +154,19 @@ class Message(BaseModel):
 
 
 # --- 5. The FastAPI application ----------------------------------------------
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def create_tables() -> None:
+    # A real project creates its tables with Alembic migrations instead.
     async with engine.begin() as conn:
-        # several processes may start at once (uvicorn --workers): the lock,
-        # held until this transaction ends, lets one create the tables at a time.
-        # A real project creates its tables with Alembic migrations instead.
+        # Several processes may start at once (uvicorn --workers 8) and race to
+        # create the table. This lock, held until the transaction ends, lets
+        # them do it one at a time; the later ones find the table there.
         await conn.execute(text("SELECT pg_advisory_xact_lock(1)"))
         await conn.run_sync(Base.metadata.create_all)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    await create_tables()
     yield
     await engine.dispose()
     if embedded_server is not None:

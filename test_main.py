@@ -14,7 +14,7 @@ import pytest
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
 
-from main import INT_MAX, app, engine, lifespan
+from main import INT_MAX, app, create_tables, engine, lifespan
 
 pytestmark = pytest.mark.anyio
 
@@ -396,6 +396,17 @@ async def test_postgres_down_is_503_and_the_app_recovers(client, stored, pg_ctl)
     assert all(r.json() == {"detail": "Database unavailable"} for r in down)
     assert (await client.get(f"/users/{ann['id']}")).json() == ann
     assert await stored() == [(1, "Ann", "ann@example.com")]  # nothing half-applied
+
+
+async def test_many_processes_starting_at_once_all_create_the_table(started_app):
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE users"))
+
+    # eight start-ups at once, each on its own pooled connection, like uvicorn --workers 8
+    await asyncio.gather(*(create_tables() for _ in range(8)))
+
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM users")) == 0
 
 
 def test_unreachable_database_at_startup_exits_with_one_line():
