@@ -306,9 +306,9 @@ HUGE_BODY = b'{"name": "' + b"x" * 10_000_000 + b'", "email": "big@example.com"}
 async def test_create_user_huge_body_is_413(client, stored):
     response = await client.post("/users", content=HUGE_BODY, headers={"Content-Type": "application/json"})
 
-    # refused from its Content-Length, before reading it; FastAPI answers in plain text here
+    # refused from its Content-Length header, before reading the body
     assert response.status_code == 413
-    assert response.text == "Content Too Large"
+    assert response.json() == {"detail": "Content Too Large"}
     assert await stored() == []
 
 
@@ -428,8 +428,8 @@ def test_unreachable_database_at_startup_exits_with_one_line():
 async def test_openapi_documents_error_responses(client):
     paths = (await client.get("/openapi.json")).json()["paths"]
 
-    assert set(paths["/users"]["post"]["responses"]) == {"201", "409", "422", "503"}
+    assert set(paths["/users"]["post"]["responses"]) == {"201", "409", "413", "422", "503"}
     assert set(paths["/users"]["get"]["responses"]) == {"200", "422", "503"}
     assert set(paths["/users/{user_id}"]["get"]["responses"]) == {"200", "404", "422", "503"}
-    assert set(paths["/users/{user_id}"]["patch"]["responses"]) == {"200", "404", "409", "422", "503"}
+    assert set(paths["/users/{user_id}"]["patch"]["responses"]) == {"200", "404", "409", "413", "422", "503"}
     assert set(paths["/users/{user_id}"]["delete"]["responses"]) == {"204", "404", "422", "503"}
