@@ -324,6 +324,16 @@ async def test_create_user_huge_streamed_body_is_413(client, stored):
     assert await stored() == []
 
 
+async def test_update_user_huge_body_is_413_and_changes_nothing(client, stored):
+    ann = await create(client, ANN)
+
+    response = await client.patch(f"/users/{ann['id']}", content=HUGE_BODY, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 413
+    assert response.json() == {"detail": "Content Too Large"}
+    assert await stored() == [(1, "Ann", "ann@example.com")]
+
+
 # --- concurrency -------------------------------------------------------------
 async def test_create_user_concurrent_distinct_emails_all_land(client, stored):
     responses = await asyncio.gather(
@@ -398,7 +408,7 @@ async def test_postgres_down_is_503_and_the_app_recovers(client, stored, pg_ctl)
     assert await stored() == [(1, "Ann", "ann@example.com")]  # nothing half-applied
 
 
-async def test_many_processes_starting_at_once_all_create_the_table(started_app):
+async def test_simultaneous_startups_all_create_the_table(started_app):
     async with engine.begin() as conn:
         await conn.execute(text("DROP TABLE users"))
 
