@@ -387,8 +387,9 @@ async def test_requests_right_after_a_postgres_restart_succeed(client, pg_ctl):
     assert [r.status_code for r in concurrent] == [200] * 20
 
 
-async def test_postgres_down_is_503_and_the_app_recovers(client, stored, pg_ctl):
+async def test_postgres_down_is_503_and_the_app_recovers(client, stored, pg_ctl, caplog):
     ann = await create(client, ANN)
+    caplog.set_level("WARNING", logger="uvicorn.error")
 
     await anyio.to_thread.run_sync(pg_ctl, "stop")
     try:
@@ -404,6 +405,9 @@ async def test_postgres_down_is_503_and_the_app_recovers(client, stored, pg_ctl)
 
     assert [r.status_code for r in down] == [503] * 5
     assert all(r.json() == {"detail": "Database unavailable"} for r in down)
+    # the log says why, once per refused request
+    outage_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("503 Database unavailable: ")]
+    assert len(outage_lines) == 5
     assert (await client.get(f"/users/{ann['id']}")).json() == ann
     assert await stored() == [(1, "Ann", "ann@example.com")]  # nothing half-applied
 
