@@ -304,12 +304,16 @@ async def update_user(user_id: UserId, user: UserUpdate) -> User:
 # --- 8. List users and read one ----------------------------------------------
 @app.get("/users", response_model=list[UserPublic], responses=DB_DOWN)
 async def fetch_users(
-    offset: Annotated[int, Query(ge=0, le=INT_MAX)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=INT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> list[User]:
-    # one page at a time, in a stable order: the tutorial's version returns the whole table
+    # One page at a time, in id order: the tutorial's version returns the whole
+    # table. The next page starts after the last id of this one. Unlike OFFSET,
+    # which reads and skips every row before the page, WHERE id > ... jumps
+    # there through the primary key's index: the last page is as fast as the first.
     async with async_session() as session:
-        result = await session.scalars(select(User).order_by(User.id).offset(offset).limit(limit))
+        query = select(User).where(User.id > after_id).order_by(User.id).limit(limit)
+        result = await session.scalars(query)
         return list(result)
 
 

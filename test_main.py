@@ -146,13 +146,25 @@ async def test_fetch_users_lists_users_in_id_order(client):
     assert response.json() == [ann, bob]
 
 
-async def test_fetch_users_pages_with_offset_and_limit(client):
+async def test_fetch_users_pages_after_the_last_id_seen(client):
     users = [await create(client, {"name": f"U{i}", "email": f"u{i}@example.com"}) for i in range(5)]
 
-    page = await client.get("/users", params={"offset": 1, "limit": 2})
+    page = await client.get("/users", params={"limit": 2})
+    next_page = await client.get("/users", params={"after_id": page.json()[-1]["id"], "limit": 2})
 
-    assert page.status_code == 200
-    assert page.json() == users[1:3]
+    assert page.json() == users[0:2]
+    assert next_page.json() == users[2:4]
+
+
+async def test_fetch_users_pages_walk_every_user_once(client):
+    users = [await create(client, {"name": f"U{i}", "email": f"u{i}@example.com"}) for i in range(7)]
+    seen, after_id = [], 0
+
+    while page := (await client.get("/users", params={"after_id": after_id, "limit": 3})).json():
+        seen += page
+        after_id = page[-1]["id"]
+
+    assert seen == users
 
 
 async def test_fetch_users_default_page_is_50(client):
@@ -168,8 +180,8 @@ async def test_fetch_users_default_page_is_50(client):
 
 @pytest.mark.parametrize(
     "params",
-    [{"limit": 0}, {"limit": 101}, {"offset": -1}, {"offset": INT_MAX + 1}, {"offset": 2**63},
-     {"limit": "ten"}, {"offset": 1.5}],
+    [{"limit": 0}, {"limit": 101}, {"after_id": -1}, {"after_id": INT_MAX + 1}, {"after_id": 2**63},
+     {"limit": "ten"}, {"after_id": 1.5}],
 )
 async def test_fetch_users_bad_paging_is_422(client, params):
     response = await client.get("/users", params=params)
