@@ -194,8 +194,9 @@ class LimitBodySize:
             return await self.app(scope, receive, send)
 
         # the client says how large the body is: refuse before reading any of it
+        # (isdecimal, not isdigit: "²" is a digit that int() refuses)
         declared = Request(scope).headers.get("content-length", "0")
-        if declared.isdigit() and int(declared) > MAX_BODY_SIZE:
+        if declared.isdecimal() and int(declared) > MAX_BODY_SIZE:
             response = JSONResponse({"detail": "Content Too Large"}, status_code=413)
             return await response(scope, receive, send)
 

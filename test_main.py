@@ -336,6 +336,16 @@ async def test_create_user_huge_streamed_body_is_413(client, stored):
     assert await stored() == []
 
 
+async def test_create_user_odd_content_length_is_not_a_500(client, stored):
+    # "²" counts as a digit for str.isdigit(), but int() refuses it
+    headers = {"Content-Type": "application/json", "Content-Length": "²".encode("latin-1")}
+
+    response = await client.post("/users", content=b"{}", headers=headers)
+
+    assert response.status_code == 422
+    assert await stored() == []
+
+
 async def test_update_user_huge_body_is_413_and_changes_nothing(client, stored):
     ann = await create(client, ANN)
 
