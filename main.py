@@ -221,7 +221,7 @@ app.add_middleware(LimitBodySize)
 # --- 6. Route handlers -------------------------------------------------------
 NOT_FOUND = {404: {"model": Message, "description": "User not found"}}
 EMAIL_TAKEN = {409: {"model": Message, "description": "Email already registered"}}
-TOO_LARGE = {413: {"model": Message, "description": "Request body over 64 KiB"}}
+TOO_LARGE = {413: {"model": Message, "description": f"Request body over {MAX_BODY_SIZE // 1024} KiB"}}
 DB_DOWN = {503: {"model": Message, "description": "Database unavailable"}}
 UserId = Annotated[int, PathParam(ge=1, le=INT_MAX)]
 
