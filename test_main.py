@@ -13,6 +13,7 @@ import anyio
 import pytest
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from main import INT_MAX, app, create_tables, engine, lifespan
 
@@ -81,6 +82,19 @@ async def test_create_user_duplicate_email_is_409(client, stored):
     assert await stored() == [(1, "Ann", "ann@example.com")]
 
 
+async def test_create_user_other_constraint_broken_is_a_500_not_a_409(client, stored):
+    async with engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE users ADD CONSTRAINT name_not_root CHECK (name <> 'root')"))
+    try:
+        # ASGITransport raises what the app did not handle: FastAPI would answer 500
+        with pytest.raises(IntegrityError, match="name_not_root"):
+            await client.post("/users", json={"name": "root", "email": "root@example.com"})
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE users DROP CONSTRAINT name_not_root"))
+    assert await stored() == []
+
+
 async def test_create_user_email_domain_case_is_the_same_address(client, stored):
     await create(client, {"name": "Ann", "email": "ann@Example.COM"})
 
@@ -98,13 +112,12 @@ async def test_create_user_email_domain_case_is_the_same_address(client, stored)
         {"name": "", "email": "ann@example.com"},
         {"name": "x" * 101, "email": "ann@example.com"},
         {"name": "Ann", "email": "not-an-email"},
-        {"name": "Ann", "email": "a@" + "b" * 250 + ".com"},
         {"name": None, "email": "ann@example.com"},
         {"name": 5, "email": "ann@example.com"},
         {"name": "Ann\x00", "email": "ann@example.com"},
         {"id": 7, "name": "Ann", "email": "ann@example.com"},
     ],
-    ids=["no-email", "no-name", "empty-name", "long-name", "bad-email", "long-email",
+    ids=["no-email", "no-name", "empty-name", "long-name", "bad-email",
          "null-name", "number-name", "nul-in-name", "client-chosen-id"],
 )
 async def test_create_user_invalid_body_is_422(client, stored, body):
@@ -112,6 +125,28 @@ async def test_create_user_invalid_body_is_422(client, stored, body):
 
     assert response.status_code == 422
     assert "detail" in response.json()
+    assert await stored() == []
+
+
+def email_of_length(length):
+    """A valid address of exactly `length` characters: 64 before the @, labels of at most 63."""
+    domain = ".".join(["d" * 63, "d" * 63, "d" * (length - 64 - 1 - 63 - 1 - 63 - 1 - 4)]) + ".com"
+    return "a" * 64 + "@" + domain
+
+
+async def test_create_user_email_of_254_characters_is_stored(client, stored):
+    email = email_of_length(254)
+
+    response = await client.post("/users", json={"name": "Ann", "email": email})
+
+    assert response.status_code == 201
+    assert await stored() == [(1, "Ann", email)]
+
+
+async def test_create_user_email_of_255_characters_is_422(client, stored):
+    response = await client.post("/users", json={"name": "Ann", "email": email_of_length(255)})
+
+    assert response.status_code == 422
     assert await stored() == []
 
 
@@ -302,7 +337,7 @@ async def test_delete_user_missing_is_404(client, stored):
 @pytest.mark.parametrize(
     "content",
     [b'{"name": "Ann", "email":', b'[{"name": "Ann", "email": "ann@example.com"}]', b'"Ann"', b"", b"\xff\xfe"],
-    ids=["truncated-json", "json-array", "json-string", "empty", "not-utf8"],
+    ids=["truncated-json", "json-array", "json-string", "empty", "utf16-byte-order-mark"],
 )
 async def test_create_user_malformed_body_is_422(client, stored, content):
     response = await client.post("/users", content=content, headers={"Content-Type": "application/json"})
@@ -312,15 +347,36 @@ async def test_create_user_malformed_body_is_422(client, stored, content):
     assert await stored() == []
 
 
+# Bytes the JSON decoder cannot read as text at all: FastAPI answers 400, as
+# the schema documents ("\xc3\x28" opens a two-byte UTF-8 character and breaks it).
+@pytest.mark.parametrize("content", [b"\xc3\x28", b'{"name": "\xff"}', b"[" * 60_000], ids=["not-utf8", "not-utf8-in-a-string", "nested-too-deep"])
+async def test_create_user_unreadable_body_is_400(client, stored, content):
+    response = await client.post("/users", content=content, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 400
+    assert response.json() == {"detail": "There was an error parsing the body"}
+    assert await stored() == []
+
+
+async def test_update_user_body_not_utf8_is_400_and_changes_nothing(client, stored):
+    ann = await create(client, ANN)
+
+    response = await client.patch(f"/users/{ann['id']}", content=b"\xc3\x28", headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 400
+    assert await stored() == [(1, "Ann", "ann@example.com")]
+
+
 HUGE_BODY = b'{"name": "' + b"x" * 10_000_000 + b'", "email": "big@example.com"}'
 
 
 async def test_create_user_huge_body_is_413(client, stored):
     response = await client.post("/users", content=HUGE_BODY, headers={"Content-Type": "application/json"})
 
-    # refused from its Content-Length header, before reading the body
+    # refused from its Content-Length header, before reading the body; this
+    # answer comes from Starlette, in plain text (see the README)
     assert response.status_code == 413
-    assert response.json() == {"detail": "Content Too Large"}
+    assert response.text == "Content Too Large"
     assert await stored() == []
 
 
@@ -337,7 +393,6 @@ async def test_create_user_huge_streamed_body_is_413(client, stored):
 
 
 async def test_create_user_odd_content_length_is_not_a_500(client, stored):
-    # "²" counts as a digit for str.isdigit(), but int() refuses it
     headers = {"Content-Type": "application/json", "Content-Length": "²".encode("latin-1")}
 
     response = await client.post("/users", content=b"{}", headers=headers)
@@ -352,7 +407,7 @@ async def test_update_user_huge_body_is_413_and_changes_nothing(client, stored):
     response = await client.patch(f"/users/{ann['id']}", content=HUGE_BODY, headers={"Content-Type": "application/json"})
 
     assert response.status_code == 413
-    assert response.json() == {"detail": "Content Too Large"}
+    assert response.text == "Content Too Large"
     assert await stored() == [(1, "Ann", "ann@example.com")]
 
 
@@ -437,12 +492,27 @@ async def test_postgres_down_is_503_and_the_app_recovers(client, stored, pg_ctl,
 async def test_simultaneous_startups_all_create_the_table(started_app):
     async with engine.begin() as conn:
         await conn.execute(text("DROP TABLE users"))
+    try:
+        # eight start-ups at once, each on its own pooled connection, like uvicorn --workers 8
+        await asyncio.gather(*(create_tables() for _ in range(8)))
 
-    # eight start-ups at once, each on its own pooled connection, like uvicorn --workers 8
-    await asyncio.gather(*(create_tables() for _ in range(8)))
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT count(*) FROM users")) == 0
+    finally:
+        await create_tables()  # the tests after this one need the table, whatever happened
 
-    async with engine.connect() as conn:
-        assert await conn.scalar(text("SELECT count(*) FROM users")) == 0
+
+async def test_other_os_errors_in_a_route_are_not_503s(client):
+    # TimeoutError and FileNotFoundError are OSErrors; only the database's count as an outage
+    @app.get("/broken", include_in_schema=False)
+    async def broken():
+        raise TimeoutError("not the database")
+
+    try:
+        with pytest.raises(TimeoutError):
+            await client.get("/broken")
+    finally:
+        app.router.routes.pop()
 
 
 def test_unreachable_database_at_startup_exits_with_one_line():
@@ -464,8 +534,8 @@ def test_unreachable_database_at_startup_exits_with_one_line():
 async def test_openapi_documents_error_responses(client):
     paths = (await client.get("/openapi.json")).json()["paths"]
 
-    assert set(paths["/users"]["post"]["responses"]) == {"201", "409", "413", "422", "503"}
-    assert set(paths["/users"]["get"]["responses"]) == {"200", "422", "503"}
-    assert set(paths["/users/{user_id}"]["get"]["responses"]) == {"200", "404", "422", "503"}
-    assert set(paths["/users/{user_id}"]["patch"]["responses"]) == {"200", "404", "409", "413", "422", "503"}
-    assert set(paths["/users/{user_id}"]["delete"]["responses"]) == {"204", "404", "422", "503"}
+    assert set(paths["/users"]["post"]["responses"]) == {"201", "400", "409", "413", "422", "503"}
+    assert set(paths["/users"]["get"]["responses"]) == {"200", "413", "422", "503"}
+    assert set(paths["/users/{user_id}"]["get"]["responses"]) == {"200", "404", "413", "422", "503"}
+    assert set(paths["/users/{user_id}"]["patch"]["responses"]) == {"200", "400", "404", "409", "413", "422", "503"}
+    assert set(paths["/users/{user_id}"]["delete"]["responses"]) == {"204", "404", "413", "422", "503"}
