@@ -6,10 +6,17 @@ landed in the database, not only the response.
 
 import asyncio
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import anyio
+import httpx
+import psutil
 import pytest
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
@@ -19,6 +26,7 @@ from main import INT_MAX, app, create_tables, engine, lifespan
 
 pytestmark = pytest.mark.anyio
 
+HERE = Path(__file__).resolve().parent
 ANN = {"name": "Ann", "email": "ann@example.com"}
 BOB = {"name": "Bob", "email": "bob@example.com"}
 
@@ -519,7 +527,7 @@ def test_unreachable_database_at_startup_exits_with_one_line():
     env = {**os.environ, "DATABASE_URL": "postgresql+asyncpg://ann:s3cret@127.0.0.1:9/shop"}
 
     result = subprocess.run(
-        [sys.executable, "main.py"], cwd=os.path.dirname(__file__), env=env,
+        [sys.executable, "main.py"], cwd=HERE, env=env,
         capture_output=True, text=True, timeout=60,
     )
 
@@ -539,3 +547,61 @@ async def test_openapi_documents_error_responses(client):
     assert set(paths["/users/{user_id}"]["get"]["responses"]) == {"200", "404", "413", "422", "503"}
     assert set(paths["/users/{user_id}"]["patch"]["responses"]) == {"200", "400", "404", "409", "413", "422", "503"}
     assert set(paths["/users/{user_id}"]["delete"]["responses"]) == {"204", "404", "413", "422", "503"}
+
+
+# --- the zero-set-up server, local_postgres.py ----------------------------------
+@pytest.fixture
+def project_copy(tmp_path):
+    """main.py and local_postgres.py in a temporary folder, so their .pgdata/ is a throwaway."""
+    for name in ("main.py", "local_postgres.py"):
+        shutil.copy(HERE / name, tmp_path)
+    yield tmp_path
+    for process in psutil.Process().children(recursive=True):
+        process.kill()  # an app a failed test left running
+    if (tmp_path / ".pgdata" / "postmaster.pid").exists():
+        postgres_of(tmp_path).terminate()
+
+
+def postgres_of(folder):
+    """The PostgreSQL server process running on folder/.pgdata (the first line of postmaster.pid)."""
+    return psutil.Process(int((folder / ".pgdata" / "postmaster.pid").read_text().split()[0]))
+
+
+def start_app(folder, *uvicorn_options):
+    """Run uvicorn main:app in folder with DATABASE_URL unset, as a learner would; return it and its URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {name: value for name, value in os.environ.items() if name != "DATABASE_URL"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port), *uvicorn_options],
+        cwd=folder, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/users", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            assert process.poll() is None, "the app exited at start-up"
+        time.sleep(0.2)
+    raise TimeoutError(f"the app did not answer on {url}")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends POSIX signals (kill -9, Ctrl+C)")
+def test_local_postgres_outlives_a_killed_app_and_stops_with_the_last_one(project_copy):
+    first, url = start_app(project_copy)
+    httpx.post(f"{url}/users", json=ANN).raise_for_status()
+    server = postgres_of(project_copy)
+
+    first.kill()  # kill -9: no chance to stop the server
+    first.wait()
+    assert server.is_running()
+
+    second, url = start_app(project_copy, "--workers", "2")
+    rows = httpx.get(f"{url}/users").json()
+    os.killpg(second.pid, signal.SIGINT)  # Ctrl+C in its terminal
+    second.wait(timeout=30)
+
+    assert rows == [{"id": 1, **ANN}]  # the second app joined the same server and data
+    server.wait(timeout=10)  # raises psutil.TimeoutExpired if the server is still running
