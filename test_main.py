@@ -357,7 +357,9 @@ async def test_create_user_malformed_body_is_422(client, stored, content):
 
 # Bytes the JSON decoder cannot read as text at all: FastAPI answers 400, as
 # the schema documents ("\xc3\x28" opens a two-byte UTF-8 character and breaks it).
-@pytest.mark.parametrize("content", [b"\xc3\x28", b'{"name": "\xff"}', b"[" * 60_000], ids=["not-utf8", "not-utf8-in-a-string", "nested-too-deep"])
+@pytest.mark.parametrize(
+    "content", [b"\xc3\x28", b'{"name": "\xff"}', b"[" * 60_000], ids=["not-utf8", "not-utf8-in-a-string", "nested-too-deep"]
+)
 async def test_create_user_unreadable_body_is_400(client, stored, content):
     response = await client.post("/users", content=content, headers={"Content-Type": "application/json"})
 
