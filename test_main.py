@@ -569,12 +569,13 @@ def postgres_of(folder):
     return psutil.Process(int((folder / ".pgdata" / "postmaster.pid").read_text().split()[0]))
 
 
-def start_app(folder, *uvicorn_options):
-    """Run uvicorn main:app in folder with DATABASE_URL unset, as a learner would; return it and its URL."""
+def start_app(folder, *uvicorn_options, env=None):
+    """Run uvicorn main:app in folder, by default with DATABASE_URL unset; return it and its URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {name: value for name, value in os.environ.items() if name != "DATABASE_URL"}
+    if env is None:
+        env = {name: value for name, value in os.environ.items() if name != "DATABASE_URL"}
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port), *uvicorn_options],
         cwd=folder, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -607,3 +608,37 @@ def test_local_postgres_outlives_a_killed_app_and_stops_with_the_last_one(projec
 
     assert rows == [{"id": 1, **ANN}]  # the second app joined the same server and data
     server.wait(timeout=10)  # raises psutil.TimeoutExpired if the server is still running
+
+
+# --- the READMEs' examples --------------------------------------------------------
+def curl_examples(readme):
+    """Each curl command in a README, with the answer shown under it (a line starting "# ")."""
+    lines = (HERE / readme).read_text(encoding="utf-8").splitlines()
+    examples = []
+    for start, line in enumerate(lines):
+        if line.startswith("curl "):
+            end = start
+            while lines[end].endswith("\\"):
+                end += 1
+            assert lines[end + 1].startswith("# "), f"{readme}: no answer shown under {line!r}"
+            examples.append(("\n".join(lines[start:end + 1]), lines[end + 1].removeprefix("# ")))
+    return examples
+
+
+@pytest.mark.skipif(not (shutil.which("curl") and shutil.which("bash")), reason="runs the examples with bash and curl")
+@pytest.mark.parametrize("readme", ["README.md", "README.ru.md"])
+async def test_readme_curl_examples_answer_as_shown(client, readme):
+    examples = curl_examples(readme)
+    app_process, url = await anyio.to_thread.run_sync(lambda: start_app(HERE, env=dict(os.environ)))
+    try:
+        answers = []
+        for command, _ in examples:  # one after another, on the empty table the client fixture left
+            command = command.replace("http://127.0.0.1:8000", url)
+            result = await anyio.run_process(["bash", "-c", command])
+            answers.append(result.stdout.decode().rstrip("\n"))
+    finally:
+        app_process.terminate()
+        app_process.wait(timeout=30)
+
+    assert len(examples) == 7
+    assert answers == [shown for _, shown in examples]
