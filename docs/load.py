@@ -36,7 +36,7 @@ request = function()
   return wrk.format("GET", "/users/" .. math.random(1, {rows}))
 end
 """
-# one wrk thread, so a counter gives every request its own email
+# one wrk thread, so a counter gives every request of a run its own email
 CREATE_SCRIPT = """
 local n = 0
 request = function()
@@ -96,7 +96,6 @@ def main() -> None:
     dsn = server.get_uri()
     database_url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
 
-    (folder / "read.lua").write_text(READ_SCRIPT.format(rows=args.rows))
     print("| workers | read | create | list 50 |")
     print("|---|---|---|---|")
     for workers in args.workers:
@@ -104,13 +103,15 @@ def main() -> None:
         try:
             if workers == args.workers[0]:  # the app has created the table: seed it
                 asyncio.run(seed(dsn, args.rows))
-            (folder / "create.lua").write_text(CREATE_SCRIPT.format(run=f"{int(time.time())}-{workers}"))
-            loads = [(f"{url}/users/", folder / "read.lua"), (f"{url}/users", folder / "create.lua"),
-                     (f"{url}/users?limit=50", None)]
             cells = []
-            for target, script in loads:
-                wrk(target, 2, args.conns, script)  # warm-up
-                cells.append(wrk(target, args.seconds, args.conns, script))
+            for path, script in [("/users/", READ_SCRIPT), ("/users", CREATE_SCRIPT), ("/users?limit=50", None)]:
+                for seconds in (2, args.seconds):  # a warm-up, then the run that counts
+                    lua = None
+                    if script:
+                        lua = folder / "load.lua"
+                        lua.write_text(script.format(rows=args.rows, run=time.time_ns()))
+                    result = wrk(f"{url}{path}", seconds, args.conns, lua)
+                cells.append(result)
             print(f"| {workers} | " + " | ".join(cells) + " |", flush=True)
         finally:
             app.send_signal(signal.SIGINT)
