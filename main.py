@@ -16,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy import String, event, select, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -113,10 +114,11 @@ class UserCreate(BaseModel):
 class UserUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Name | None = None
-    email: Email | None = None
+    # A field may be left out of a PATCH, but not set to null: the columns are
+    # NOT NULL. SkipJsonSchema keeps null out of the schema that /docs shows.
+    name: Name | SkipJsonSchema[None] = None
+    email: Email | SkipJsonSchema[None] = None
 
-    # a field may be left out of a PATCH, but not set to null: the columns are NOT NULL
     @field_validator("name", "email")
     @classmethod
     def not_null(cls, value: str | None) -> str:
@@ -205,7 +207,6 @@ async def save_or_409(session: AsyncSession) -> None:
 #   crashed (57P01, 57P02), starting up (57P03)
 # - no pooled connection came free within 30 s (PoolTimeoutError)
 REFUSED = {"53300", "57P01", "57P02", "57P03"}
-logger = logging.getLogger("uvicorn.error")  # shown in uvicorn's terminal
 
 
 @app.exception_handler(DBAPIError)
@@ -215,7 +216,8 @@ async def database_unavailable(request: Request, exc: Exception) -> JSONResponse
         sqlstate = getattr(exc.orig, "sqlstate", None)
         if not (isinstance(exc, OperationalError) or exc.connection_invalidated or sqlstate in REFUSED):
             raise exc  # a bug, not an outage: a 500, with its traceback in the log
-    logger.warning("503 Database unavailable: %s", getattr(exc, "orig", None) or exc)
+    # one line in uvicorn's log says why, e.g. "too many clients already"
+    logging.getLogger("uvicorn.error").warning("503 Database unavailable: %s", getattr(exc, "orig", None) or exc)
     return JSONResponse({"detail": "Database unavailable"}, status_code=503)
 
 

@@ -551,6 +551,14 @@ async def test_openapi_documents_error_responses(client):
     assert set(paths["/users/{user_id}"]["delete"]["responses"]) == {"204", "404", "422", "503"}
 
 
+async def test_openapi_update_fields_are_optional_but_not_nullable(client):
+    schema = (await client.get("/openapi.json")).json()["components"]["schemas"]["UserUpdate"]
+
+    assert "required" not in schema
+    assert schema["properties"]["name"]["type"] == "string"
+    assert schema["properties"]["email"]["type"] == "string"
+
+
 # --- the zero-set-up server, local_postgres.py ----------------------------------
 @pytest.fixture
 def project_copy(tmp_path):
