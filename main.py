@@ -33,7 +33,6 @@ DATABASE_URL = os.environ.get("DATABASE_URL")
 local_postgres = None
 if not DATABASE_URL:
     import local_postgres
-
     DATABASE_URL = local_postgres.start()
 
 engine = create_async_engine(
