@@ -166,14 +166,16 @@ app = FastAPI(title="Users", lifespan=lifespan, responses=DB_DOWN)
 
 
 # --- 6. Route handlers (Обработчики маршрутов) -------------------------------
-# What the handlers in sections 7-9 share.
+# What the handlers of sections 7-9 share: the answers they document, the id
+# they accept (a PostgreSQL integer, so 2**31 is a 422, not a database error)
+# and two helpers. FastAPI itself answers 400 to a body it cannot decode.
 NOT_FOUND = {404: {"model": Message, "description": "User not found"}}
 EMAIL_TAKEN = {409: {"model": Message, "description": "Email already registered"}}
 BAD_BODY = {400: {"model": Message, "description": "Body not readable as JSON: not UTF-8, or nested too deep"}}
 UserId = Annotated[int, Path(ge=1, le=INT_MAX)]
 
-# A valid user is a few hundred bytes: the routes that read a body refuse
-# one over 64 KiB (413) before reading it, with max_body_size=MAX_BODY_SIZE.
+# Not in the tutorial: a valid user is a few hundred bytes, so the routes
+# that read a body refuse one over 64 KiB (413) before reading it.
 MAX_BODY_SIZE = 64 * 1024
 TOO_LARGE = {413: {"model": Message, "description": f"Request body over {MAX_BODY_SIZE // 1024} KiB"}}
 
@@ -188,8 +190,9 @@ async def get_user_or_404(session: AsyncSession, user_id: int, *, lock: bool = F
 
 
 async def save_or_409(session: AsyncSession) -> None:
-    # flush sends the INSERT or UPDATE now, and the unique constraint decides:
-    # checking for the email first would let two concurrent requests both pass
+    # Not in the tutorial: 409 for a taken email. flush sends the INSERT or
+    # UPDATE now and the unique constraint decides: checking for the email
+    # first would let two concurrent requests both pass.
     try:
         await session.flush()
     except IntegrityError as exc:
@@ -199,7 +202,8 @@ async def save_or_409(session: AsyncSession) -> None:
         raise HTTPException(status_code=409, detail="Email already registered")
 
 
-# 503, which a client may retry, for exactly these; nothing half-written stays:
+# Not in the tutorial: 503, which a client may retry, for exactly these
+# (the transaction is rolled back, nothing half-written stays):
 # - the server cannot be reached (refused, no socket, 5 s timeout)
 # - the connection broke during the request
 # - PostgreSQL refuses: too many connections (53300), shutting down or

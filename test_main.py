@@ -20,9 +20,10 @@ import psutil
 import pytest
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from main import INT_MAX, app, create_tables, engine, lifespan
+from main import INT_MAX, app, async_session, create_tables, engine, lifespan
 
 pytestmark = pytest.mark.anyio
 
@@ -497,6 +498,28 @@ async def test_postgres_down_is_503_and_the_app_recovers(client, stored, pg_ctl,
     assert len(outage_lines) == 5
     assert (await client.get(f"/users/{ann['id']}")).json() == ann
     assert await stored() == [(1, "Ann", "ann@example.com")]  # nothing half-applied
+
+
+async def test_too_many_connections_is_503(client):
+    # a role allowed no connection at all: PostgreSQL refuses it with 53300,
+    # the code it uses when max_connections is reached
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE ROLE no_connections LOGIN CONNECTION LIMIT 0"))
+    except ProgrammingError:
+        pytest.skip("the test database does not allow CREATE ROLE")
+    refused = create_async_engine(engine.url.set(username="no_connections"))
+    async_session.configure(bind=refused)
+    try:
+        response = await client.get("/users")
+    finally:
+        async_session.configure(bind=engine)
+        await refused.dispose()
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP ROLE no_connections"))
+
+    assert response.status_code == 503
+    assert response.json() == {"detail": "Database unavailable"}
 
 
 async def test_simultaneous_startups_all_create_the_table(started_app):
