@@ -68,7 +68,9 @@ def start_app(database_url: str, workers: int) -> tuple[subprocess.Popen, str]:
             if httpx.get(f"{url}/users", timeout=1).status_code == 200:
                 return app, url
         except httpx.TransportError:
-            time.sleep(0.2)
+            if app.poll() is not None:
+                sys.exit("the app exited at start-up")
+        time.sleep(0.2)
     sys.exit(f"the app did not answer on {url}")
 
 
