@@ -522,6 +522,21 @@ async def test_too_many_connections_is_503(client):
     assert response.json() == {"detail": "Database unavailable"}
 
 
+async def test_no_free_pooled_connection_is_503(client):
+    # a pool of one connection, held here, and a wait of 0.1 s instead of 30 s
+    small = create_async_engine(engine.url, pool_size=1, max_overflow=0, pool_timeout=0.1)
+    async_session.configure(bind=small)
+    try:
+        async with small.connect():
+            response = await client.get("/users")
+    finally:
+        async_session.configure(bind=engine)
+        await small.dispose()
+
+    assert response.status_code == 503
+    assert response.json() == {"detail": "Database unavailable"}
+
+
 async def test_simultaneous_startups_all_create_the_table(started_app):
     async with engine.begin() as conn:
         await conn.execute(text("DROP TABLE users"))
