@@ -3,8 +3,9 @@
 By default the tests start an embedded PostgreSQL in a temporary folder; when
 they end, they stop it, check that no server process of theirs is left, and
 delete the folder. Set TEST_DATABASE_URL to run them against another server
-instead: its users table is emptied before every test, and the tests that stop
-and restart the server are skipped.
+instead (the README says what they do there); the tests that stop, restart or
+freeze the server are then skipped. The fixtures the tests use are in
+test_main.py, the companion to main.py.
 """
 
 import os
@@ -18,8 +19,8 @@ test_server = None  # the embedded server, when the tests started one
 server_processes = []  # every server process started on it, restarts included
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Point DATABASE_URL at the test database before main.py is imported."""
+def use_test_database() -> None:
+    """Point DATABASE_URL at the test database, starting a throwaway server unless TEST_DATABASE_URL is set."""
     global test_server
     url = os.environ.get("TEST_DATABASE_URL")
     if not url:
@@ -32,6 +33,14 @@ def pytest_configure(config: pytest.Config) -> None:
         url = test_server.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
     # replaces any DATABASE_URL of the learner's, so the tests never touch it
     os.environ["DATABASE_URL"] = url
+    # short waits, so the tests of timeouts are quick: each wait on the database
+    # ends after 2 s, a wait for a row lock after 1 s (see main.py, section 2)
+    os.environ["DB_TIMEOUT"] = "2"
+
+
+# Now, as pytest loads this file: before it loads tests/conftest.py or any
+# test module, each of which imports main.py, which reads DATABASE_URL once.
+use_test_database()
 
 
 def run_pg_ctl(action: str) -> None:
@@ -55,6 +64,14 @@ def pg_ctl():
     if test_server is None:
         pytest.skip("needs the embedded test server, not TEST_DATABASE_URL")
     return run_pg_ctl
+
+
+@pytest.fixture
+def postmaster():
+    """The test server's main process (psutil.Process); skipped with TEST_DATABASE_URL."""
+    if test_server is None:
+        pytest.skip("needs the embedded test server, not TEST_DATABASE_URL")
+    return psutil.Process(int((test_server.pgdata / "postmaster.pid").read_text().split()[0]))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

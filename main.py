@@ -101,10 +101,11 @@ def connect_or_operational_error(dialect, connection_record, cargs, cparams):
 @event.listens_for(engine.sync_engine, "handle_error")
 def no_answer_drops_the_connection(context):
     # A statement got no answer within command_timeout: that connection may
-    # never answer again, so drop it (rather than wait for a ROLLBACK on it)
-    # and report a database error, which section 6 answers with a 503.
+    # never answer again, so close it now (rather than wait for a ROLLBACK or
+    # a polite goodbye on it) and report a database error, a 503 (section 6).
     if isinstance(context.original_exception, TimeoutError):
         context.is_disconnect = True
+        context.connection.connection.driver_connection.terminate()
         raise OperationalError(context.statement, context.parameters, context.original_exception)
 
 
@@ -214,7 +215,7 @@ async def create_tables() -> None:
             await conn.run_sync(Base.metadata.create_all)
             columns = await conn.run_sync(lambda sync_conn: inspect(sync_conn).get_columns("users"))
     except DBAPIError as exc:
-        sys.exit(f"Cannot use PostgreSQL at {engine.url.host or 'localhost'}, database {engine.url.database!r}: {exc.orig}")
+        sys.exit(f"Cannot use the database at {engine.url}: {exc.orig}")
     # create_all creates a missing table, it never changes one that exists:
     # after a change to the model, say so here, not with a 500 on every request
     # (a column the model lacks is fine, unless an INSERT must give it a value)

@@ -1,0 +1,240 @@
+"""The database restarts, stops, refuses, freezes or holds a lock: a prompt 503 with
+Retry-After, never a wait without end, and the app serves again by itself.
+
+Every failure here is real: a stopped or frozen server, a row lock held by the
+test from a second connection, a terminated backend, a read-only session.
+conftest.py sets DB_TIMEOUT=2: each wait ends after 2 s, a lock wait after 1 s.
+"""
+
+import asyncio
+import signal
+import time
+
+import anyio
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from main import DB_TIMEOUT, engine
+from test_main import ANN, BOB, create
+
+pytestmark = pytest.mark.anyio
+
+UNAVAILABLE = {"detail": "Database unavailable"}
+
+
+def assert_503(response):
+    """A 503 that says to retry, and when."""
+    assert response.status_code == 503, response.text
+    assert response.json() == UNAVAILABLE
+    assert response.headers["Retry-After"] == "5"
+
+
+@pytest.fixture
+def reasons(caplog):
+    """The reasons main.py logs with each 503, in order."""
+    caplog.set_level("WARNING", logger="uvicorn.error")
+    prefix = "503 Database unavailable: "
+    return lambda: [r.getMessage().removeprefix(prefix) for r in caplog.records if r.getMessage().startswith(prefix)]
+
+
+async def test_requests_right_after_a_postgres_restart_succeed(client, pg_ctl):
+    ann = await create(client, ANN)
+    await asyncio.gather(*(client.get(f"/users/{ann['id']}") for _ in range(20)))  # fill the pool
+
+    await anyio.to_thread.run_sync(pg_ctl, "restart")
+
+    sequential = [(await client.get(f"/users/{ann['id']}")).status_code for _ in range(5)]
+    concurrent = await asyncio.gather(*(client.get(f"/users/{ann['id']}") for _ in range(20)))
+    assert sequential == [200] * 5
+    assert [r.status_code for r in concurrent] == [200] * 20
+
+
+async def test_postgres_down_is_503_and_the_app_recovers(client, stored, pg_ctl, reasons):
+    ann = await create(client, ANN)
+
+    await anyio.to_thread.run_sync(pg_ctl, "stop")
+    try:
+        down = [
+            await client.get(f"/users/{ann['id']}"),
+            await client.get("/users"),
+            await client.post("/users", json=BOB),
+            await client.patch(f"/users/{ann['id']}", json={"name": "Anna"}),
+            await client.delete(f"/users/{ann['id']}"),
+        ]
+    finally:
+        await anyio.to_thread.run_sync(pg_ctl, "start")
+
+    for response in down:
+        assert_503(response)
+    # the log says why, once per refused request
+    assert len(reasons()) == 5
+    assert (await client.get(f"/users/{ann['id']}")).json() == ann
+    assert await stored() == [(1, "Ann", "ann@example.com")]  # nothing half-applied
+
+
+async def timed(request):
+    """Await a request; return its response and how long it took, in seconds."""
+    start = time.monotonic()
+    response = await request
+    return response, time.monotonic() - start
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="freezes the server with SIGSTOP")
+async def test_frozen_database_is_503_within_two_timeouts_and_the_app_recovers(client, stored, postmaster):
+    ann = await create(client, ANN)
+    await asyncio.gather(*(client.get(f"/users/{ann['id']}") for _ in range(5)))  # pooled connections
+    processes = [postmaster, *postmaster.children()]
+
+    for process in processes:
+        process.suspend()  # SIGSTOP: what a frozen VM or a network partition looks like from here
+    try:
+        with anyio.fail_after(30):  # without the timeouts these would wait until the server resumes
+            # more requests than the pool has connections: some use a pooled
+            # one, some open a new one, some wait for the pool first
+            requests = []
+            for _ in range(3):
+                requests += [client.get(f"/users/{ann['id']}"), client.get("/users"), client.post("/users", json=BOB),
+                             client.patch(f"/users/{ann['id']}", json={"name": "Anna"}), client.delete(f"/users/{ann['id']}")]
+            together = await asyncio.gather(*(timed(request) for request in requests))
+            alone = await timed(client.get(f"/users/{ann['id']}"))
+    finally:
+        for process in processes:
+            process.resume()
+
+    for response, took in [*together, alone]:
+        assert_503(response)
+        assert took < 2 * DB_TIMEOUT + 0.5  # the README's bound: two waits of DB_TIMEOUT at most
+    # the same process serves again at once: no pooled connection waits for the dead ones
+    assert (await client.get(f"/users/{ann['id']}")).status_code == 200
+    assert await stored() == [(1, "Ann", "ann@example.com")]
+
+
+@pytest.fixture
+async def ann_locked(client):
+    """Ann's row, locked FOR UPDATE by the test on a connection of its own until the test ends."""
+    ann = await create(client, ANN)
+    async with engine.connect() as holder:
+        await holder.execute(text("SELECT * FROM users WHERE id = :id FOR UPDATE"), {"id": ann["id"]})
+        yield ann
+        await holder.rollback()
+
+
+async def test_row_locked_past_lock_timeout_is_503(client, stored, ann_locked, reasons):
+    # lock_timeout (half of DB_TIMEOUT) ends the wait: PostgreSQL's 55P03
+    response = await client.patch(f"/users/{ann_locked['id']}", json={"name": "Anna"})
+
+    assert_503(response)
+    assert reasons() == ["canceling statement due to lock timeout"]
+
+
+async def test_backend_terminated_while_waiting_for_a_lock_is_503(client, ann_locked, reasons):
+    patch = asyncio.create_task(client.patch(f"/users/{ann_locked['id']}", json={"name": "Anna"}))
+    async with engine.connect() as admin:
+        # the request's own backend, once it waits for the test's lock; then
+        # what an administrator or a failover does to it (57P01, admin_shutdown)
+        query = text("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+        with anyio.fail_after(DB_TIMEOUT):
+            while (pid := await admin.scalar(query)) is None:
+                await asyncio.sleep(0.01)
+        await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+    assert_503(await patch)
+    # asyncpg reports it as the connection closed mid-request (08003), with PostgreSQL's reason
+    [reason] = reasons()
+    assert reason.endswith("terminating connection due to administrator command")
+
+
+async def test_statement_past_statement_timeout_is_503(client, stored, reasons):
+    # a trigger that makes every INSERT sleep longer than statement_timeout (57014)
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE FUNCTION sleep_10s() RETURNS trigger LANGUAGE plpgsql AS "
+                                "'BEGIN PERFORM pg_sleep(10); RETURN NEW; END'"))
+        await conn.execute(text("CREATE TRIGGER slow_insert BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION sleep_10s()"))
+    try:
+        response = await client.post("/users", json=ANN)
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER slow_insert ON users"))
+            await conn.execute(text("DROP FUNCTION sleep_10s()"))
+
+    assert_503(response)
+    assert reasons() == ["canceling statement due to statement timeout"]
+    assert await stored() == []
+
+
+async def test_read_only_database_is_503(client, stored, override_sessions, reasons):
+    # what an app meets when a failover has left its connections on a standby (25006)
+    read_only = create_async_engine(engine.url, connect_args={"server_settings": {"default_transaction_read_only": "on"}})
+    override_sessions(async_sessionmaker(read_only, expire_on_commit=False))
+    try:
+        response = await client.post("/users", json=ANN)
+    finally:
+        await read_only.dispose()
+
+    assert_503(response)
+    assert reasons() == ["cannot execute INSERT in a read-only transaction"]
+    assert await stored() == []
+
+
+async def test_too_many_connections_is_503(client, override_sessions, reasons):
+    # a role allowed no connection at all: PostgreSQL refuses it with 53300,
+    # the code it uses when max_connections is reached
+    async with engine.begin() as conn:
+        try:
+            # a role left by a run that crashed is dropped first, not a reason to skip
+            await conn.execute(text("DROP ROLE IF EXISTS no_connections"))
+            await conn.execute(text("CREATE ROLE no_connections LOGIN CONNECTION LIMIT 0"))
+        except ProgrammingError as exc:
+            if getattr(exc.orig, "sqlstate", None) == "42501":  # insufficient privilege
+                pytest.skip("the test database does not allow CREATE ROLE")
+            raise
+    refused = create_async_engine(engine.url.set(username="no_connections"))
+    override_sessions(async_sessionmaker(refused, expire_on_commit=False))
+    try:
+        response = await client.get("/users")
+    finally:
+        await refused.dispose()
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP ROLE no_connections"))
+
+    assert_503(response)
+    assert reasons() == ['too many connections for role "no_connections"']
+
+
+async def test_no_free_pooled_connection_is_503(client, override_sessions):
+    # a pool of one connection, held here, and a wait of 0.1 s
+    small = create_async_engine(engine.url, pool_size=1, max_overflow=0, pool_timeout=0.1)
+    override_sessions(async_sessionmaker(small, expire_on_commit=False))
+    try:
+        async with small.connect():
+            response = await client.get("/users")
+    finally:
+        await small.dispose()
+
+    assert_503(response)
+
+
+async def test_create_user_other_constraint_broken_is_a_500_not_a_409(client, stored):
+    async with engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE users ADD CONSTRAINT name_not_root CHECK (name <> 'root')"))
+    try:
+        # ASGITransport raises what the app did not handle: FastAPI would answer 500
+        with pytest.raises(IntegrityError, match="name_not_root"):
+            await client.post("/users", json={"name": "root", "email": "root@example.com"})
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE users DROP CONSTRAINT name_not_root"))
+    assert await stored() == []
+
+
+async def test_other_os_errors_are_not_503s(client, override_sessions):
+    # TimeoutError is an OSError, as asyncpg's are; only the database's count as an outage
+    def not_the_database():
+        raise TimeoutError("not the database")
+
+    override_sessions(not_the_database)
+
+    with pytest.raises(TimeoutError, match="not the database"):
+        await client.get("/users")
