@@ -54,7 +54,7 @@ def asyncpg_url(database_url: str) -> URL:
 
 
 # Not in the tutorial: nothing waits forever. Each wait on the database ends
-# after DB_TIMEOUT seconds with a 503 (section 6): a request ends within about 10 s.
+# after DB_TIMEOUT seconds with a 503 (section 6); a request, within two (10 s).
 DB_TIMEOUT = float(os.environ.get("DB_TIMEOUT", "5"))
 engine = create_async_engine(
     asyncpg_url(DATABASE_URL),
@@ -75,8 +75,8 @@ engine = create_async_engine(
 )
 
 
-# Not in the tutorial: three engine events, so that a PostgreSQL restart goes
-# unnoticed and an outage is a 503 (see section 6), not a 500.
+# Not in the tutorial: three engine events (one of its pool, two of its dialect),
+# so that a PostgreSQL restart goes unnoticed and an outage is a 503 (section 6).
 @event.listens_for(engine.sync_engine, "checkout")
 def replace_closed_connection(dbapi_connection, connection_record, connection_proxy):
     # After a restart every pooled connection is dead. asyncpg knows which ones
@@ -239,7 +239,7 @@ app = FastAPI(title="Users", lifespan=lifespan, responses=DB_DOWN)
 # and two helpers. FastAPI itself answers 400 to a body it cannot decode.
 NOT_FOUND = {404: answer("User not found", "User not found")}
 EMAIL_TAKEN = {409: answer("Email already registered", "Email already registered")}
-BAD_BODY = {400: answer("Body not JSON text: not UTF-8, or nested too deep", "There was an error parsing the body")}
+BAD_BODY = {400: answer("Body not UTF-8, or (before Python 3.14) JSON nested too deep", "There was an error parsing the body")}
 UserId = Annotated[int, Path(ge=1, le=INT_MAX)]
 
 # Not in the tutorial: a valid user is a few hundred bytes, so the routes
