@@ -3,6 +3,7 @@ traceback, for whatever keeps the app from starting."""
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -83,8 +84,14 @@ async def test_sslmode_that_requires_tls_refuses_a_server_without_it(tcp_url, ss
 def run_main_py(database_url):
     """python main.py with this DATABASE_URL, expected to stop at start-up; return its exit code and stderr lines."""
     env = {**os.environ, "DATABASE_URL": database_url}
-    result = subprocess.run([sys.executable, "main.py"], cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
-    return result.returncode, result.stderr.strip().splitlines()
+    app = subprocess.Popen([sys.executable, "main.py"], cwd=HERE, env=env, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = app.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(app.pid, signal.SIGKILL)  # it served instead: stop the reloader and its app
+        raise
+    return app.returncode, stderr.strip().splitlines()
 
 
 def test_unreachable_database_stops_main_py_with_one_line():
