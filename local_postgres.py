@@ -101,10 +101,10 @@ def running() -> bool:
     return status.returncode == 0
 
 
-def address() -> tuple[str, int]:
-    """The running server's socket folder (on Windows, its IP address) and port."""
+def address(pgdata: Path = PGDATA) -> tuple[str, int]:
+    """The socket folder (on Windows, the IP address) and port of the server running on pgdata."""
     # postmaster.pid's lines: pid, data folder, start time, port, socket folder, address, ...
-    lines = (PGDATA / "postmaster.pid").read_text().splitlines()
+    lines = (pgdata / "postmaster.pid").read_text().splitlines()
     return lines[4] or lines[5], int(lines[3])
 
 
