@@ -2,7 +2,7 @@
 Retry-After, never a wait without end, and the app serves again by itself.
 
 Every failure here is real: a stopped or frozen server, a row lock held by the
-test from a second connection, a terminated backend, a read-only session.
+test from a second connection, a deadlock, a terminated backend, a read-only session.
 conftest.py sets DB_TIMEOUT=2: each wait ends after 2 s, a lock wait after 1 s.
 """
 
@@ -121,6 +121,18 @@ async def ann_locked(client):
         await holder.rollback()
 
 
+async def backend_waiting_for_a_lock() -> int:
+    """The pid of a backend of this database that waits for a lock, as soon as there is one."""
+    query = text("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+    with anyio.fail_after(DB_TIMEOUT):
+        while True:
+            # a transaction per look: within one, pg_stat_activity stays as it was first read
+            async with engine.connect() as conn:
+                if (pid := await conn.scalar(query)) is not None:
+                    return pid
+            await asyncio.sleep(0.01)
+
+
 async def test_row_locked_past_lock_timeout_is_503(client, stored, ann_locked, reasons):
     # lock_timeout (half of DB_TIMEOUT) ends the wait: PostgreSQL's 55P03
     response = await client.patch(f"/users/{ann_locked['id']}", json={"name": "Anna"})
@@ -131,19 +143,52 @@ async def test_row_locked_past_lock_timeout_is_503(client, stored, ann_locked, r
 
 async def test_backend_terminated_while_waiting_for_a_lock_is_503(client, ann_locked, reasons):
     patch = asyncio.create_task(client.patch(f"/users/{ann_locked['id']}", json={"name": "Anna"}))
+    # the request's own backend, once it waits for the test's lock; then what
+    # an administrator or a failover does to it (57P01, admin_shutdown)
+    pid = await backend_waiting_for_a_lock()
     async with engine.connect() as admin:
-        # the request's own backend, once it waits for the test's lock; then
-        # what an administrator or a failover does to it (57P01, admin_shutdown)
-        query = text("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
-        with anyio.fail_after(DB_TIMEOUT):
-            while (pid := await admin.scalar(query)) is None:
-                await asyncio.sleep(0.01)
         await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
     assert_503(await patch)
     # asyncpg reports it as the connection closed mid-request (08003), with PostgreSQL's reason
     [reason] = reasons()
     assert reason.endswith("terminating connection due to administrator command")
+
+
+async def test_deadlock_is_503_and_changes_nothing(client, stored, override_sessions, reasons):
+    # a real deadlock (40P01): the test's transaction and the request's each
+    # wait for the other, and PostgreSQL fails the one that finds it: the
+    # request's, which looks after 0.5 s here where the test waits 1 s
+    ann, bob = await create(client, ANN), await create(client, BOB)
+    finder = create_async_engine(engine.url, connect_args={"server_settings": {"deadlock_timeout": "500ms"}})
+    try:
+        async with finder.connect():
+            pass
+    except ProgrammingError as exc:
+        await finder.dispose()
+        if getattr(exc.orig, "sqlstate", None) == "42501":  # only a superuser may set deadlock_timeout
+            pytest.skip("the test database does not allow setting deadlock_timeout")
+        raise
+    override_sessions(async_sessionmaker(finder, expire_on_commit=False))
+    try:
+        async with engine.connect() as test:
+            # the test gives Ann the address Bob is about to ask for, and does not commit
+            await test.execute(text("UPDATE users SET email = 'carol@example.com' WHERE id = :id"), {"id": ann["id"]})
+            # the request locks Bob's row, then waits for the test's transaction
+            # to end to learn whether the address is free
+            patch = asyncio.create_task(client.patch(f"/users/{bob['id']}", json={"email": "carol@example.com"}))
+            await backend_waiting_for_a_lock()
+            # now the test waits for Bob's row: a cycle
+            with anyio.fail_after(DB_TIMEOUT):
+                await test.execute(text("SELECT 1 FROM users WHERE id = :id FOR UPDATE"), {"id": bob["id"]})
+                response = await patch
+            await test.rollback()
+    finally:
+        await finder.dispose()
+
+    assert_503(response)
+    assert reasons() == ["deadlock detected"]
+    assert await stored() == [(1, "Ann", "ann@example.com"), (2, "Bob", "bob@example.com")]
 
 
 async def test_statement_past_statement_timeout_is_503(client, stored, reasons):
