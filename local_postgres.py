@@ -109,7 +109,7 @@ def address(pgdata: Path = PGDATA) -> tuple[str, int]:
 def database_url(pgdata: Path = PGDATA) -> str:
     """The URL main.py connects with to the server running on pgdata: user postgres, database postgres."""
     host, port = address(pgdata)
-    url = URL.create("postgresql+asyncpg", username="postgres", port=port, database="postgres", query={"host": host})
+    url = URL.create("postgresql+asyncpg", username="postgres", database="postgres", query={"host": host, "port": str(port)})
     return url.render_as_string(hide_password=False)
 
 
