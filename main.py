@@ -247,8 +247,8 @@ def connect_or_operational_error(dialect, connection_record, cargs, cparams):
 @event.listens_for(engine.sync_engine, "handle_error")
 def no_answer_closes_the_connection(context):
     # no answer within command_timeout (a frozen server, a lost network): close
-    # the connection at once, where SQLAlchemy would first send a ROLLBACK and
-    # wait for it, and raise a database error, for the 503
+    # the connection at once (SQLAlchemy would first try a polite close, and wait
+    # 2 s more for the frozen server), and raise a database error, for the 503
     if isinstance(context.original_exception, TimeoutError):
         context.connection.connection.driver_connection.terminate()
         raise OperationalError(context.statement, context.parameters, context.original_exception)
