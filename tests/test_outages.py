@@ -120,6 +120,28 @@ async def test_frozen_database_is_503_within_two_timeouts_and_the_app_recovers(c
     assert await stored() == [(1, "Ann", "ann@example.com")]
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="freezes the server with SIGSTOP")
+async def test_pool_recycle_on_a_frozen_database_is_503_within_two_timeouts(client, postmaster, monkeypatch):
+    # what the README recommends behind a firewall that drops idle connections:
+    # create_async_engine(..., pool_recycle=N). Here every connection is older
+    # than N, so each checkout closes its connection and opens a new one
+    ann = await create(client, ANN)
+    monkeypatch.setattr(engine.pool, "_recycle", 0)
+    processes = [postmaster, *postmaster.children()]
+
+    for process in processes:
+        process.suspend()
+    try:
+        with anyio.fail_after(30):
+            response, took = await timed(client.get(f"/users/{ann['id']}"))
+    finally:
+        for process in processes:
+            process.resume()
+
+    assert_503(response)
+    assert took < 2 * DB_TIMEOUT + 1
+
+
 @pytest.fixture
 async def ann_locked(client):
     """Ann's row, locked FOR UPDATE by the test on a connection of its own until the test ends."""
