@@ -1,7 +1,11 @@
 """The SQL each handler sends to PostgreSQL, in order: what SQL_ECHO=1 python main.py
 prints, and where flush, refresh, FOR UPDATE and the transaction become concrete."""
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event
@@ -10,6 +14,8 @@ from main import engine
 from test_main import ANN, create
 
 pytestmark = pytest.mark.anyio
+
+HERE = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -85,3 +91,13 @@ async def test_delete_user_locks_the_row_deletes_and_commits(client, sent):
         "DELETE FROM users WHERE users.id = $1::INTEGER",
         "COMMIT",
     ]
+
+
+def test_sql_echo_1_turns_on_the_statement_log():
+    # SQL_ECHO=1 python main.py: SQLAlchemy's echo, every statement in the app's output
+    check = "import main; print(main.engine.echo)"
+    env = {**os.environ, "SQL_ECHO": "1"}
+    result = subprocess.run([sys.executable, "-c", check], cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
+
+    assert result.stdout.split() == ["True"], result.stderr
+    assert engine.echo is False  # unset here

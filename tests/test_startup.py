@@ -103,6 +103,17 @@ def test_unreachable_database_stops_main_py_with_one_line():
     assert "s3cret" not in lines[0]
 
 
+def test_main_py_copied_alone_without_database_url_asks_for_it(tmp_path):
+    # a learner's project: main.py without local_postgres.py beside it
+    (tmp_path / "main.py").write_text((HERE / "main.py").read_text(encoding="utf-8"), encoding="utf-8")
+    env = {name: value for name, value in os.environ.items() if name != "DATABASE_URL"}
+    app = subprocess.run([sys.executable, "main.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+    assert app.returncode == 1
+    assert app.stderr.strip().splitlines() == [
+        "Set DATABASE_URL, e.g. postgresql://user:password@localhost:5432/dbname (No module named 'local_postgres')"]
+
+
 @pytest.mark.parametrize(
     ("given", "says"),
     [
