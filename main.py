@@ -1,6 +1,5 @@
-"""A users API beside the tutorial: each block names the section it implements, "not in the tutorial"
-marks an extra; what turns a failing database into a prompt 503 is one block after the handlers.
-Run it with `python main.py`, then open http://127.0.0.1:8000/docs."""
+"""A users API beside the tutorial: each block names its section; one block after the handlers turns a
+failing database into a prompt 503. Run `python main.py`, then open http://127.0.0.1:8000/docs."""
 
 # --- 1. Install (Установка зависимостей): pip install -r requirements.txt ----
 import asyncio
@@ -12,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import MISSING, AfterValidator, BaseModel, ConfigDict, EmailStr, StringConstraints
@@ -22,8 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # --- 2. Async engine (Создание асинхронного движка SQLAlchemy) ---------------
-# The URL comes from the environment, so each machine sets its own, e.g. the
-# tutorial's postgresql+asyncpg://postgres:postgres@localhost:5432/postgres
+# from the environment, e.g. the tutorial's postgresql+asyncpg://postgres:postgres@localhost:5432/postgres
 DATABASE_URL = os.environ.get("DATABASE_URL")
 if not DATABASE_URL:  # not in the tutorial: a real PostgreSQL from a pip wheel
     try:
@@ -54,10 +52,9 @@ engine = create_async_engine(
 async_session = async_sessionmaker(engine, expire_on_commit=False)
 
 
-# Not in the tutorial: each handler gets its session as a dependency, as in
-# FastAPI's SQL tutorial. scope="function" closes it, and returns the connection
-# to the pool, once the response is built, before it is sent. (A yield
-# dependency of yours that takes SessionDep needs scope="function" too.)
+# Not in the tutorial: the session as a dependency, as in FastAPI's SQL tutorial;
+# scope="function" closes it once the response is built, before it is sent (a
+# yield dependency of yours that takes SessionDep needs scope="function" too)
 async def get_session():
     async with async_session() as session:
         yield session
@@ -79,24 +76,21 @@ class User(Base):
     __tablename__ = "users"
     __table_args__ = (UniqueConstraint("email", name=EMAIL_UNIQUE),)
 
-    # no index=True on id and email: the primary key and the unique constraint have one each
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)  # no index=True: a primary key has its index
     name: Mapped[str] = mapped_column(String(NAME_MAX), index=True)
-    email: Mapped[str] = mapped_column(String(254))  # the longest address EmailStr accepts
+    email: Mapped[str] = mapped_column(String(254))  # EmailStr's longest; the unique constraint has an index
 
 
 # Not in the tutorial: pydantic schemas, what a client may send and gets back.
 def visible(name: str) -> str:
-    # no control or invisible characters (zero-width space, right-to-left
-    # override), line breaks, private-use or unassigned ones; but the joiners
-    # that Persian and Hindi words and emoji are made of, and the soft hyphen
+    # no control or invisible characters (zero-width space, right-to-left override), line
+    # breaks, private-use or unassigned ones; the joiners of Persian or Hindi words and emoji are fine
     hidden = [c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp")]
     if set(hidden) - {"\u200c", "\u200d", "\u00ad"}:
         raise ValueError("must not contain control or invisible characters")
     return name
 
 
-# trimmed of surrounding spaces, not blank
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX), AfterValidator(visible)]
 
 
@@ -104,7 +98,7 @@ class UserCreate(BaseModel):
     # unknown fields, such as id, are a 422; the example is what /docs starts from
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "Ann", "email": "ann@example.com"}]})
 
-    name: Name
+    name: Name  # trimmed of surrounding spaces, not blank, visible
     email: EmailStr  # checks the address and lower-cases its domain
 
 
@@ -116,31 +110,28 @@ class UserUpdate(BaseModel):
     email: EmailStr | MISSING = MISSING
 
 
-class UserPublic(BaseModel):
+class UserPublic(BaseModel):  # what a client gets back
     id: int
     name: str
     email: str
 
 
-# Not in the tutorial: the errors the routes answer, {"detail": ...}, for /docs
-class Message(BaseModel):
+class Message(BaseModel):  # the body of every error: the answers the routes document in /docs
     detail: str
 
 
 NOT_FOUND = {404: {"model": Message, "description": "User not found"}}
 EMAIL_TAKEN = {409: {"model": Message, "description": "Email already registered"}}
-BAD_BODY = {400: {"model": Message, "description": "Body not UTF-8, or (before Python 3.14) JSON nested too deep"}}
-# a body over 64 KiB (in plain text when Content-Length says so); any route: the database down
-MAX_BODY_SIZE = 64 * 1024  # a user is a few hundred bytes
-TOO_LARGE = {413: {"model": Message, "description": "Content Too Large: a body over 64 KiB"}}
+MAX_BODY_SIZE = 64 * 1024  # a user is a few hundred bytes; 413 is plain text if Content-Length says so
+BAD_BODY = {400: {"model": Message, "description": "Body not UTF-8, or (before Python 3.14) JSON nested too deep"},
+            413: {"model": Message, "description": "Content Too Large: a body over 64 KiB"}}
 DB_DOWN = {503: {"model": Message, "description": "Database unavailable", "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
 
 
 # --- 5. The FastAPI application (Создание FastAPI приложения) ----------------
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    # not in the tutorial: create the table at start-up (a real project
-    # migrates it, with Alembic), close the connection pool at shutdown
+    # not in the tutorial: create the table (create_tables, below; a real project migrates it)
     await create_tables()
     yield
     await engine.dispose()
@@ -156,8 +147,7 @@ UserId = Annotated[int, Path(ge=1, le=INT_MAX)]
 
 
 async def get_user_or_404(session: AsyncSession, user_id: int, *, lock: bool = False) -> User:
-    # lock=True (SELECT ... FOR UPDATE) before a change: a concurrent delete
-    # waits for us, or has already happened and we answer 404
+    # lock=True (SELECT ... FOR UPDATE) before a change: a concurrent delete waits for us, or was first (404)
     db_user = await session.get(User, user_id, with_for_update=lock)
     if db_user is None:
         raise HTTPException(status_code=404, detail="User not found")
@@ -165,9 +155,8 @@ async def get_user_or_404(session: AsyncSession, user_id: int, *, lock: bool = F
 
 
 async def save_or_409(session: AsyncSession) -> None:
-    # Not in the tutorial: flush sends the INSERT or UPDATE now, and the unique
-    # constraint decides; checking for the email first would let two
-    # concurrent requests both pass
+    # Not in the tutorial: flush sends the INSERT or UPDATE now, and the unique constraint
+    # decides; checking for the email first would let two concurrent requests both pass
     try:
         await session.flush()
     except IntegrityError as exc:
@@ -177,8 +166,7 @@ async def save_or_409(session: AsyncSession) -> None:
 
 
 # --- 7. Create and update a user (Создание и обновление пользователя) --------
-@app.post("/users", status_code=status.HTTP_201_CREATED, response_model=UserPublic,
-          responses=BAD_BODY | EMAIL_TAKEN | TOO_LARGE, max_body_size=MAX_BODY_SIZE)
+@app.post("/users", status_code=201, response_model=UserPublic, responses=BAD_BODY | EMAIL_TAKEN, max_body_size=MAX_BODY_SIZE)
 async def create_user(user: UserCreate, session: SessionDep) -> User:
     db_user = User(**user.model_dump())
     session.add(db_user)
@@ -187,15 +175,13 @@ async def create_user(user: UserCreate, session: SessionDep) -> User:
     return db_user
 
 
-@app.patch("/users/{user_id}", response_model=UserPublic,
-           responses=BAD_BODY | NOT_FOUND | EMAIL_TAKEN | TOO_LARGE, max_body_size=MAX_BODY_SIZE)
+@app.patch("/users/{user_id}", response_model=UserPublic, responses=BAD_BODY | NOT_FOUND | EMAIL_TAKEN, max_body_size=MAX_BODY_SIZE)
 async def update_user(user_id: UserId, user: UserUpdate, session: SessionDep) -> User:
     db_user = await get_user_or_404(session, user_id, lock=True)
     for field, value in user.model_dump().items():  # only the fields sent: MISSING ones are left out
         setattr(db_user, field, value)
     await save_or_409(session)
-    # the tutorial's refresh: re-read the row as the database stored it,
-    # before commit, while our lock still keeps a concurrent delete out
+    # the tutorial's refresh, before commit: our lock still keeps a concurrent delete out
     await session.refresh(db_user)
     await session.commit()
     return db_user
@@ -205,9 +191,8 @@ async def update_user(user_id: UserId, user: UserUpdate, session: SessionDep) ->
 @app.get("/users", response_model=list[UserPublic])
 async def fetch_users(session: SessionDep, after_id: Annotated[int, Query(ge=0, le=INT_MAX)] = 0,
                       limit: Annotated[int, Query(ge=1, le=100)] = 50) -> list[User]:
-    # Not in the tutorial: a page at a time, not the whole table. The next page
-    # starts after the last id of this one: WHERE id > ... goes there through
-    # the primary key's index, so unlike OFFSET the last page is as fast as the first
+    # Not in the tutorial: a page, not the whole table. The next one starts after this one's
+    # last id: WHERE id > ... goes there through the index, as fast as to the first page
     return list(await session.scalars(select(User).where(User.id > after_id).order_by(User.id).limit(limit)))
 
 
@@ -217,7 +202,7 @@ async def read_user(user_id: UserId, session: SessionDep) -> User:
 
 
 # --- 9. Delete a user (Удаление пользователя) --------------------------------
-@app.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@app.delete("/users/{user_id}", status_code=204, responses=NOT_FOUND)
 async def delete_user(user_id: UserId, session: SessionDep) -> None:
     db_user = await get_user_or_404(session, user_id, lock=True)
     await session.delete(db_user)
@@ -225,13 +210,12 @@ async def delete_user(user_id: UserId, session: SessionDep) -> None:
 
 
 # --- Not in the tutorial: when the database fails ----------------------------
-# No wait on the database lasts more than DB_TIMEOUT (the engine's arguments),
-# and a database that is down, frozen, overloaded or read-only gets a 503 with
-# Retry-After, not a 500: a request ends within 2 x DB_TIMEOUT + 1 s.
+# No wait on the database lasts over DB_TIMEOUT (the engine's arguments), and a database
+# that is down, frozen, overloaded or read-only gets a 503 with Retry-After, not a 500:
+# a request ends within 2 x DB_TIMEOUT + 1 s.
 @event.listens_for(engine.sync_engine, "checkout")
 def replace_closed_connection(dbapi_connection, connection_record, connection_proxy):
-    # after a restart every pooled connection is closed: asyncpg knows it
-    # without a round trip, and the pool opens a new one instead
+    # after a restart the pooled connections are closed: asyncpg knows it without a round trip
     if dbapi_connection.driver_connection.is_closed():
         raise DisconnectionError("closed by the server")
 
@@ -248,9 +232,8 @@ def connect_or_operational_error(dialect, connection_record, cargs, cparams):
 
 @event.listens_for(engine.sync_engine, "handle_error")
 def no_answer_closes_the_connection(context):
-    # no answer within command_timeout (a frozen server, a lost network): close
-    # the connection at once (SQLAlchemy would first try a polite close, and wait
-    # 2 s more for the frozen server), and raise a database error, for the 503
+    # no answer within command_timeout (a frozen server, a lost network): close the connection
+    # now (a polite close would wait 2 s more), and raise a database error, for the 503
     if isinstance(context.original_exception, TimeoutError):
         context.connection.connection.driver_connection.terminate()
         raise OperationalError(context.statement, context.parameters, context.original_exception)
@@ -263,21 +246,20 @@ def reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
-# SQLSTATE, PostgreSQL's error code: the classes (first two characters) and
-# codes that mean "retry later": 40 serialization failure or deadlock, 53 too
-# many connections or out of resources, 57 shut down, starting up or statement
-# timeout, 55P03 lock timeout, 25006 read-only (a failover left us on a standby)
+# SQLSTATE (PostgreSQL's error code) classes and codes that mean "retry later": 40 serialization
+# failure or deadlock, 53 too many connections or out of resources, 57 shut down, starting up or
+# statement timeout; 55P03 lock timeout; 25006 read-only (a failover left us on a standby)
 RETRY_LATER = ("40", "53", "57", "55P03", "25006")
 
 
 @app.exception_handler(DBAPIError)
 @app.exception_handler(PoolTimeoutError)  # no pooled connection came free in time
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, DBAPIError) and not (
-        isinstance(exc, OperationalError)  # unreachable or no answer (the events above)
-        or exc.connection_invalidated  # the connection broke, and the pool dropped it
-        or (getattr(exc.orig, "sqlstate", None) or "").startswith(RETRY_LATER)
-    ):
+    # an outage: unreachable or no answer (OperationalError, from the events above),
+    # a broken connection the pool dropped, or a SQLSTATE that says "retry later"
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
+    if isinstance(exc, DBAPIError) and not (isinstance(exc, OperationalError) or exc.connection_invalidated
+                                            or sqlstate.startswith(RETRY_LATER)):
         raise exc  # a bug, not an outage: a 500, with its traceback in the log
     logging.getLogger("uvicorn.error").warning("503 Database unavailable: %s", reason(exc))
     return JSONResponse({"detail": "Database unavailable"}, status_code=503, headers={"Retry-After": "5"})
@@ -288,17 +270,15 @@ async def create_tables() -> None:
     # one line, not a traceback, when the database cannot be used
     try:
         async with engine.begin() as conn:
-            # several worker processes may start at once: this lock, held until
-            # commit, lets one create the table while the others wait for it
+            # several workers may start at once: one creates the table, the others wait for this lock
             await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('main.py: create table users'))"))
             await conn.run_sync(Base.metadata.create_all)
             columns = await conn.run_sync(lambda sync_conn: inspect(sync_conn).get_columns("users"))
         await engine.dispose()  # its connections belong to this event loop: python main.py checks on another
     except DBAPIError as exc:
         sys.exit(f"Cannot use the database: {reason(exc)}")
-    # create_all never changes a table that exists: after a change to the model,
-    # say so here rather than answer 500. This compares column names only (and
-    # finds a NOT NULL column the model would not fill), not types or constraints.
+    # create_all never changes a table that exists: after a change to the model, say so here, not
+    # with 500s. Only column names are compared (and a NOT NULL column the model would not fill).
     model = set(User.__table__.columns.keys())
     table = {c["name"] for c in columns if c["name"] in model or not (c["nullable"] or c["default"] or c.get("identity"))}
     if table != model:
@@ -306,8 +286,8 @@ async def create_tables() -> None:
                  "afresh (with the zero-set-up server: stop the app, delete .pgdata/), or migrate it (Alembic)")
 
 
-# FastAPI's own 422 echoes the input back: a body nested thousands of levels
-# deep would then overflow its JSON encoder (a 500). This one leaves it out.
+# FastAPI's own 422 echoes the input back, and a body nested thousands of levels deep would
+# overflow its JSON encoder (a 500): this one leaves the input out
 @app.exception_handler(RequestValidationError)
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     return JSONResponse({"detail": [{key: error[key] for key in ("type", "loc", "msg")} for error in exc.errors()]}, status_code=422)
@@ -315,7 +295,6 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
 
 # --- 10. Run the application (Запуск приложения) ----------------------------
 if __name__ == "__main__":
-    # not in the tutorial: the table is there and fits the model before the
-    # server starts, or one line says why not (rather than a reloaded worker's traceback)
+    # not in the tutorial: check the table before the server starts, so that a problem is one line
     asyncio.run(create_tables())
     uvicorn.run("main:app", host="127.0.0.1", port=8000, reload=True)
