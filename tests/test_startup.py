@@ -122,8 +122,10 @@ def test_main_py_copied_alone_without_database_url_asks_for_it(tmp_path):
         ("{tcp_url}?sslmode=require", "ConnectionError: PostgreSQL server at "),
         ("{tcp_url}?sslmode=disable&channel_binding=require", 'unrecognized configuration parameter "channel_binding"'),
         ("{tcp_url}?connect_timeout=10", 'unrecognized configuration parameter "connect_timeout"'),
+        ("{tcp_url}?ssl=require", 'unrecognized configuration parameter "ssl"'),
     ],
-    ids=["mysql", "not-a-url", "sslmode-require-without-tls", "channel-binding", "libpq-parameter-asyncpg-lacks"],
+    ids=["mysql", "not-a-url", "sslmode-require-without-tls", "channel-binding", "libpq-parameter-asyncpg-lacks",
+         "sqlalchemy-ssl-parameter"],
 )
 def test_database_url_that_cannot_work_stops_main_py_with_one_line(tcp_url, given, says):
     code, lines = run_main_py(given.format(tcp_url=tcp_url))
