@@ -122,7 +122,7 @@ def test_main_py_copied_alone_without_database_url_asks_for_it(tmp_path):
         ("{tcp_url}?sslmode=require", "ConnectionError: PostgreSQL server at "),
         ("{tcp_url}?sslmode=disable&channel_binding=require", 'unrecognized configuration parameter "channel_binding"'),
         ("{tcp_url}?connect_timeout=10", 'unrecognized configuration parameter "connect_timeout"'),
-        ("{tcp_url}?ssl=require", 'unrecognized configuration parameter "ssl"'),
+        ("{tcp_url}?ssl=require", 'parameter "ssl" cannot be changed now'),
     ],
     ids=["mysql", "not-a-url", "sslmode-require-without-tls", "channel-binding", "libpq-parameter-asyncpg-lacks",
          "sqlalchemy-ssl-parameter"],
