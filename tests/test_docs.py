@@ -97,3 +97,14 @@ async def test_openapi_update_fields_are_optional_but_not_nullable(client):
     assert "required" not in schema
     assert schema["properties"]["name"]["type"] == "string"
     assert schema["properties"]["email"]["type"] == "string"
+
+
+async def test_openapi_patterns_are_ones_standard_tools_can_use(client):
+    # a JSON Schema "pattern" is ECMA-262 without Unicode classes (\p{...}): Python's re,
+    # JavaScript and schemathesis all read it; the name rule is a validator instead
+    text = (await client.get("/openapi.json")).text
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+
+    assert "\\p{" not in text
+    assert "pattern" not in schemas["UserCreate"]["properties"]["name"]
+    assert schemas["UserCreate"]["properties"]["name"]["maxLength"] == 100

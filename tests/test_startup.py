@@ -88,7 +88,8 @@ def run_main_py(database_url):
 
     uvicorn.run is replaced, so that if start-up ever stops failing, the test
     fails at once instead of serving on the learner's port 8000."""
-    env = {**os.environ, "DATABASE_URL": database_url}
+    # DB_TIMEOUT 10 s, not the tests' 2 s: on Windows a refused connect takes about 2 s
+    env = {**os.environ, "DATABASE_URL": database_url, "DB_TIMEOUT": "10"}
     never_serve = "import runpy, sys, uvicorn; uvicorn.run = lambda *a, **k: sys.exit('served'); runpy.run_path('main.py', run_name='__main__')"
     app = subprocess.run([sys.executable, "-c", never_serve], cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
     return app.returncode, app.stderr.strip().splitlines()
