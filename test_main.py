@@ -3,27 +3,48 @@
 Each handler gets a test of its success and of its main error, and each test
 checks what landed in the database, not only the response. How it works:
 
-- conftest.py starts a throwaway PostgreSQL server and points DATABASE_URL
-  at it before main.py is imported; the learner's data is never touched.
-- The tests are async functions run by anyio's pytest plugin (pytestmark).
+- Every test starts by emptying the users table, so the tests run on
+  TEST_DATABASE_URL, a database meant for tests, never on DATABASE_URL. Here
+  conftest.py starts a throwaway PostgreSQL server and sets it. Copied alone
+  into your project, run them on a database of their own, e.g.
+  `createdb app_test && TEST_DATABASE_URL=postgresql://postgres:postgres@localhost:5432/app_test pytest`;
+  without TEST_DATABASE_URL they stop before the first test and say so.
+- The tests are async functions run by anyio's pytest plugin (pytestmark):
+  anyio comes with FastAPI already, so there is no pytest-asyncio to install.
 - `client` calls the app in-process through httpx's ASGITransport: no port,
   no uvicorn, but every request goes through FastAPI and into PostgreSQL.
-- Every test starts from an empty users table.
+- An error inside the app reaches the test as the exception itself, not as a
+  500 (so a bug shows with its traceback, and a test expecting one uses
+  pytest.raises); ASGITransport(app=app, raise_app_exceptions=False) gives the 500.
 
 More tests (hostile input, outages, races, the zero-set-up server, the
 lessons behind each departure from the tutorial) are in tests/.
 """
 
+import os
+
 import pytest
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
 
-from main import app, engine, lifespan
+# main.py reads DATABASE_URL once, as it is imported: point it at the test database first
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+if TEST_DATABASE_URL:
+    os.environ["DATABASE_URL"] = TEST_DATABASE_URL
+    from main import app, engine, lifespan
 
 pytestmark = pytest.mark.anyio
 
 ANN = {"name": "Ann", "email": "ann@example.com"}
 BOB = {"name": "Bob", "email": "bob@example.com"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database_for_tests():
+    """Stop the run before its first test when no database is given for tests: they would empty it."""
+    if not TEST_DATABASE_URL:
+        pytest.exit("Set TEST_DATABASE_URL to a PostgreSQL database the tests may empty, never your DATABASE_URL's: "
+                    "postgresql://user:password@localhost:5432/app_test", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +56,7 @@ def anyio_backend():
 @pytest.fixture(scope="session")
 async def started_app():
     """The app with its lifespan run once: the table created, the pool closed at the end."""
+    # entered by hand: httpx's ASGITransport sends requests only, never the lifespan's start-up and shutdown
     async with lifespan(app):
         yield app
 
@@ -67,6 +89,17 @@ async def create(client, user):
     return response.json()
 
 
+def assert_422(response, loc, error_type, sent=None):
+    """A 422 naming the failing field (loc) and the rule it broke (type), echoing nothing the client sent."""
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    assert {"loc": list(loc), "type": error_type} in [{"loc": e["loc"], "type": e["type"]} for e in errors], errors
+    # FastAPI's own 422 adds "input" (what was sent), "ctx" and "url": main.py's handler leaves them out
+    assert all(error.keys() == {"type", "loc", "msg"} for error in errors), errors
+    if sent:
+        assert not any(str(sent) in str(value) for error in errors for value in error.values()), errors
+
+
 # --- 7. create_user ------------------------------------------------------------
 async def test_create_user_is_201_and_stores_the_row(client, stored):
     response = await client.post("/users", json=ANN)
@@ -87,16 +120,17 @@ async def test_create_user_duplicate_email_is_409(client, stored):
 
 
 @pytest.mark.parametrize(
-    "body",
-    [{"name": "Ann"}, {"name": "", "email": "ann@example.com"}, {"name": "Ann", "email": "not-an-email"},
-     {"id": 7, "name": "Ann", "email": "ann@example.com"}],
+    ("body", "loc", "error_type"),
+    [({"name": "Ann"}, ("body", "email"), "missing"),
+     ({"name": "", "email": "ann@example.com"}, ("body", "name"), "string_too_short"),
+     ({"name": "Ann", "email": "not-an-email"}, ("body", "email"), "value_error"),
+     ({"id": 7, "name": "Ann", "email": "ann@example.com"}, ("body", "id"), "extra_forbidden")],
     ids=["no-email", "empty-name", "bad-email", "client-chosen-id"],
 )
-async def test_create_user_invalid_body_is_422(client, stored, body):
+async def test_create_user_invalid_body_is_422(client, stored, body, loc, error_type):
     response = await client.post("/users", json=body)
 
-    assert response.status_code == 422
-    assert "detail" in response.json()
+    assert_422(response, loc, error_type, sent=body.get(loc[-1]))
     assert await stored() == []
 
 
@@ -128,6 +162,7 @@ async def test_update_user_to_taken_email_is_409(client, stored):
     response = await client.patch(f"/users/{bob['id']}", json={"email": ANN["email"]})
 
     assert response.status_code == 409
+    assert response.json() == {"detail": "Email already registered"}
     assert await stored() == [(1, "Ann", "ann@example.com"), (2, "Bob", "bob@example.com")]
 
 
@@ -136,7 +171,7 @@ async def test_update_user_null_field_is_422(client, stored):
 
     response = await client.patch(f"/users/{ann['id']}", json={"name": None})
 
-    assert response.status_code == 422
+    assert_422(response, ("body", "name"), "string_type")
     assert await stored() == [(1, "Ann", "ann@example.com")]
 
 
@@ -144,6 +179,9 @@ async def test_update_user_null_field_is_422(client, stored):
 async def test_fetch_users_lists_users_in_id_order(client):
     ann = await create(client, ANN)
     bob = await create(client, BOB)
+    # an UPDATE writes a new version of Ann's row after Bob's: without ORDER BY
+    # id, PostgreSQL would read the table in that order and list Ann last
+    ann = (await client.patch(f"/users/{ann['id']}", json={"name": "Anna"})).json()
 
     response = await client.get("/users")
 
@@ -164,7 +202,7 @@ async def test_fetch_users_pages_after_the_last_id_seen(client):
 async def test_fetch_users_limit_over_100_is_422(client):
     response = await client.get("/users", params={"limit": 101})
 
-    assert response.status_code == 422
+    assert_422(response, ("query", "limit"), "less_than_equal")
 
 
 # --- 8. read_user --------------------------------------------------------------

@@ -135,7 +135,9 @@ async def test_checking_for_the_email_first_lets_two_concurrent_requests_both_pa
     # both passed the check; the unique constraint refused the second INSERT,
     # which that handler did not expect: a 500, not a 409
     assert sorted(r.status_code for r in responses) == [201, 500]
-    assert await stored() == [(1, "Ann", "ann@example.com")]
+    # which INSERT came first, and took id 1, is up to PostgreSQL: the row is the 201's
+    [created] = [r.json() for r in responses if r.status_code == 201]
+    assert await stored() == [(created["id"], "Ann", "ann@example.com")]
 
 
 # --- 8. pages, not the whole table -------------------------------------------------
