@@ -135,7 +135,9 @@ def postmaster():
 @pytest.hookimpl(tryfirst=True)  # before pytest-timeout reads its settings
 def pytest_configure(config: pytest.Config) -> None:
     """pytest-timeout stops a test after TEST_TIMEOUT + 30 s, unless --timeout, PYTEST_TIMEOUT or an ini file say otherwise."""
-    chosen = config.getoption("timeout", None) is not None or os.environ.get("PYTEST_TIMEOUT") or config.getini("timeout")
+    if not config.pluginmanager.hasplugin("timeout"):
+        return  # not installed, or turned off with -p no:timeout
+    chosen = config.getoption("timeout") is not None or os.environ.get("PYTEST_TIMEOUT") or config.getini("timeout")
     if not chosen:
         config.option.timeout = TEST_TIMEOUT + 30
 
