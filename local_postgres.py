@@ -22,7 +22,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -77,10 +76,6 @@ def start() -> str:
             stop_if_unused()  # a start that failed leaves nothing behind either
         starting.release()
     atexit.register(stop)
-    # kill (SIGTERM) ends Python without running atexit's functions: make it
-    # sys.exit, which runs them (uvicorn hands a SIGTERM on to this handler)
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # processes started from this one (uvicorn's reload worker) inherit the URL
     # and connect to this server; this process keeps it running for them
     os.environ["DATABASE_URL"] = database_url(PGDATA)

@@ -23,7 +23,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # --- 2. Async engine (Создание асинхронного движка SQLAlchemy) ---------------
 # from the environment, e.g. the tutorial's postgresql+asyncpg://postgres:postgres@localhost:5432/postgres
 DATABASE_URL = os.environ.get("DATABASE_URL")
-if not DATABASE_URL:  # not in the tutorial: a real PostgreSQL from a pip wheel
+local_postgres = None  # not in the tutorial: without DATABASE_URL, a real PostgreSQL from a pip wheel
+if not DATABASE_URL:
     try:
         import local_postgres
     except ModuleNotFoundError as exc:
@@ -63,7 +64,6 @@ async def get_session():
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 # --- 4. The User model (Описание модели таблицы "User") ----------------------
-NAME_MAX = 100
 EMAIL_UNIQUE = "users_email_key"  # the unique constraint's name; save_or_409 looks for it
 
 
@@ -77,7 +77,7 @@ class User(Base):
     __table_args__ = (UniqueConstraint("email", name=EMAIL_UNIQUE),)
 
     id: Mapped[int] = mapped_column(primary_key=True)  # no index=True: a primary key has its index
-    name: Mapped[str] = mapped_column(String(NAME_MAX), index=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
     email: Mapped[str] = mapped_column(String(254))  # EmailStr's longest; the unique constraint has an index
 
 
@@ -91,7 +91,7 @@ def visible(name: str) -> str:
     return name
 
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX), AfterValidator(visible)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(visible)]
 
 
 class UserCreate(BaseModel):
@@ -135,6 +135,8 @@ async def lifespan(app: FastAPI):
     await create_tables()
     yield
     await engine.dispose()
+    if local_postgres:  # the zero-set-up server: stopped if no other process uses it
+        local_postgres.stop()
 
 
 app = FastAPI(title="Users", lifespan=lifespan, responses=DB_DOWN)
@@ -246,20 +248,17 @@ def reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
-# SQLSTATE (PostgreSQL's error code) classes and codes that mean "retry later": 40 serialization
-# failure or deadlock, 53 too many connections or out of resources, 57 shut down, starting up or
-# statement timeout; 55P03 lock timeout; 25006 read-only (a failover left us on a standby)
-RETRY_LATER = ("40", "53", "57", "55P03", "25006")
-
-
 @app.exception_handler(DBAPIError)
 @app.exception_handler(PoolTimeoutError)  # no pooled connection came free in time
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    # an outage: unreachable or no answer (OperationalError, from the events above),
-    # a broken connection the pool dropped, or a SQLSTATE that says "retry later"
+    # an outage: unreachable or no answer (OperationalError, from the events above), a broken
+    # connection the pool dropped, or a SQLSTATE (PostgreSQL's error code) class or code that
+    # means "retry later": 40 serialization failure or deadlock, 53 too many connections or out
+    # of resources, 57 shut down, starting up or statement timeout, 55P03 lock timeout, 25006
+    # read-only (a failover left us on a standby)
     sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
     if isinstance(exc, DBAPIError) and not (isinstance(exc, OperationalError) or exc.connection_invalidated
-                                            or sqlstate.startswith(RETRY_LATER)):
+                                            or sqlstate.startswith(("40", "53", "57", "55P03", "25006"))):
         raise exc  # a bug, not an outage: a 500, with its traceback in the log
     logging.getLogger("uvicorn.error").warning("503 Database unavailable: %s", reason(exc))
     return JSONResponse({"detail": "Database unavailable"}, status_code=503, headers={"Retry-After": "5"})

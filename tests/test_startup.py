@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent.parent
 async def test_the_tests_use_their_own_server_never_the_learners(started_app):
     # conftest.py set DATABASE_URL before main.py was imported: main.py never
     # started the zero-set-up server, whose data is the learner's .pgdata/
-    assert "local_postgres" not in vars(main)
+    assert main.local_postgres is None
     if os.environ.get("TEST_DATABASE_URL"):
         assert os.environ["DATABASE_URL"] == os.environ["TEST_DATABASE_URL"]
     else:  # the throwaway server conftest.py started, in the temporary folder
