@@ -1,5 +1,5 @@
-"""A users API beside the tutorial: each block names its section; one block after the handlers turns a
-failing database into a prompt 503. Run `python main.py`, then open http://127.0.0.1:8000/docs."""
+"""A users API beside the tutorial: each block names its section; the blocks after the handlers turn a failing
+database into a prompt 503 and check the table. Run `python main.py`, then open http://127.0.0.1:8000/docs."""
 
 # --- 1. Install (Установка зависимостей): pip install -r requirements.txt ----
 import asyncio
@@ -23,7 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # --- 2. Async engine (Создание асинхронного движка SQLAlchemy) ---------------
 # from the environment, e.g. the tutorial's postgresql+asyncpg://postgres:postgres@localhost:5432/postgres
 DATABASE_URL = os.environ.get("DATABASE_URL")
-local_postgres = None  # not in the tutorial: without DATABASE_URL, a real PostgreSQL from a pip wheel
+local_postgres = None  # not in the tutorial: without DATABASE_URL, this module runs a PostgreSQL from a pip wheel
 if not DATABASE_URL:
     try:
         import local_postgres
@@ -33,16 +33,16 @@ if not DATABASE_URL:
 DB_TIMEOUT = float(os.environ.get("DB_TIMEOUT", "5"))  # seconds; see "When the database fails"
 
 engine = create_async_engine(
-    # asyncpg reads the URL itself (dsn), with libpq's parameters as psql does
-    # (sslmode, sslrootcert, ...); it knows postgresql://, not postgresql+asyncpg://
+    # asyncpg reads the URL itself (dsn), with the libpq parameters it knows (sslmode,
+    # sslrootcert, ...); it knows postgresql://, not postgresql+asyncpg://
     "postgresql+asyncpg://",
     connect_args={
         "dsn": DATABASE_URL.replace("postgresql+asyncpg://", "postgresql://", 1),
-        "timeout": DB_TIMEOUT, "command_timeout": DB_TIMEOUT + 1,  # to connect; for each answer
-        # the server cancels a statement that runs longer, a wait for a row lock sooner
+        "timeout": DB_TIMEOUT, "command_timeout": DB_TIMEOUT + 1,  # to connect, to wait for each answer
+        # the server cancels a statement that runs longer, and a wait for a row lock after half that
         "server_settings": {"statement_timeout": f"{DB_TIMEOUT}s", "lock_timeout": f"{DB_TIMEOUT / 2}s"},
     },
-    # connections per process: keep (worker processes x 10) under the server's max_connections
+    # connections per process: keep (worker processes x POOL_SIZE) under the server's max_connections
     pool_size=int(os.environ.get("POOL_SIZE", "10")), max_overflow=0, pool_timeout=DB_TIMEOUT,
     echo=os.environ.get("SQL_ECHO") == "1",  # SQL_ECHO=1 python main.py prints every statement
 )
@@ -72,7 +72,7 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
-    # "users", not the tutorial's "user": USER is a reserved word in PostgreSQL
+    # "users", not the tutorial's "user": USER is a reserved word (in SQL of yours, FROM user is the role)
     __tablename__ = "users"
     __table_args__ = (UniqueConstraint("email", name=EMAIL_UNIQUE),)
 
@@ -83,8 +83,8 @@ class User(Base):
 
 # Not in the tutorial: pydantic schemas, what a client may send and gets back.
 def visible(name: str) -> str:
-    # no control or invisible characters (zero-width space, right-to-left override), line
-    # breaks, private-use or unassigned ones; the joiners of Persian or Hindi words and emoji are fine
+    # no control or invisible characters (zero-width space, right-to-left override), line breaks,
+    # private-use or unassigned ones; but the joiners of Persian or Hindi words and emoji, and the soft hyphen
     hidden = [c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp")]
     if set(hidden) - {"\u200c", "\u200d", "\u00ad"}:
         raise ValueError("must not contain control or invisible characters")
@@ -99,7 +99,7 @@ class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "Ann", "email": "ann@example.com"}]})
 
     name: Name  # trimmed of surrounding spaces, not blank, visible
-    email: EmailStr  # checks the address and lower-cases its domain
+    email: EmailStr  # checks the address and lower-cases its domain (not the part before @)
 
 
 class UserUpdate(BaseModel):
@@ -116,7 +116,7 @@ class UserPublic(BaseModel):  # what a client gets back
     email: str
 
 
-class Message(BaseModel):  # the body of every error: the answers the routes document in /docs
+class Message(BaseModel):  # the body of the errors the routes document for /docs
     detail: str
 
 
@@ -158,7 +158,7 @@ async def get_user_or_404(session: AsyncSession, user_id: int, *, lock: bool = F
 
 async def save_or_409(session: AsyncSession) -> None:
     # Not in the tutorial: flush sends the INSERT or UPDATE now, and the unique constraint
-    # decides; checking for the email first would let two concurrent requests both pass
+    # decides; a SELECT for the email first would let two concurrent requests both pass
     try:
         await session.flush()
     except IntegrityError as exc:
@@ -212,9 +212,9 @@ async def delete_user(user_id: UserId, session: SessionDep) -> None:
 
 
 # --- Not in the tutorial: when the database fails ----------------------------
-# No wait on the database lasts over DB_TIMEOUT (the engine's arguments), and a database
-# that is down, frozen, overloaded or read-only gets a 503 with Retry-After, not a 500:
-# a request ends within 2 x DB_TIMEOUT + 1 s.
+# Each wait on the database is bounded (the engine's arguments), and a database that is down,
+# frozen, overloaded or read-only gets a 503 with Retry-After, not a 500 (on a frozen server
+# every request ended within 2 x DB_TIMEOUT + 1 s: tests/test_outages.py).
 @event.listens_for(engine.sync_engine, "checkout")
 def replace_closed_connection(dbapi_connection, connection_record, connection_proxy):
     # after a restart the pooled connections are closed: asyncpg knows it without a round trip
@@ -273,7 +273,8 @@ async def create_tables() -> None:
             await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('main.py: create table users'))"))
             await conn.run_sync(Base.metadata.create_all)
             columns = await conn.run_sync(lambda sync_conn: inspect(sync_conn).get_columns("users"))
-        await engine.dispose()  # its connections belong to this event loop: python main.py checks on another
+        # python main.py checks in an event loop of its own (asyncio.run), then serves in another
+        await engine.dispose()
     except DBAPIError as exc:
         sys.exit(f"Cannot use the database: {reason(exc)}")
     # create_all never changes a table that exists: after a change to the model, say so here, not
@@ -281,8 +282,8 @@ async def create_tables() -> None:
     model = set(User.__table__.columns.keys())
     table = {c["name"] for c in columns if c["name"] in model or not (c["nullable"] or c["default"] or c.get("identity"))}
     if table != model:
-        sys.exit(f"Table users has the columns {sorted(table)}, the model {sorted(model)}: drop the table to start "
-                 "afresh (with the zero-set-up server: stop the app, delete .pgdata/), or migrate it (Alembic)")
+        sys.exit(f"Table users has the columns {sorted(c['name'] for c in columns)}, the model {sorted(model)}: "
+                 "migrate it (Alembic), or drop it, rows and all, to start afresh")
 
 
 # FastAPI's own 422 echoes the input back, and a body nested thousands of levels deep would

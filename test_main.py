@@ -31,6 +31,7 @@ from sqlalchemy import text
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 if TEST_DATABASE_URL:
     os.environ["DATABASE_URL"] = TEST_DATABASE_URL
+    import main
     from main import app, engine, lifespan
 
 pytestmark = pytest.mark.anyio
@@ -45,11 +46,14 @@ def database_for_tests():
     if not TEST_DATABASE_URL:
         pytest.exit("Set TEST_DATABASE_URL to a PostgreSQL database the tests may empty, never your DATABASE_URL's: "
                     "postgresql://user:password@localhost:5432/app_test", returncode=pytest.ExitCode.USAGE_ERROR)
+    if main.DATABASE_URL != TEST_DATABASE_URL:  # something imported main.py before this file, on another database
+        pytest.exit("main.py was imported with DATABASE_URL before test_main.py could point it at TEST_DATABASE_URL: "
+                    "set DATABASE_URL to TEST_DATABASE_URL for the tests", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
 def anyio_backend():
-    """Run every async test and fixture on one asyncio event loop, which the engine's pool belongs to."""
+    """asyncio for every async test and fixture; session-wide, so that started_app and the engine's pool live on one loop."""
     return "asyncio"
 
 

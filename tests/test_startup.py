@@ -138,8 +138,8 @@ def test_database_url_that_cannot_work_stops_main_py_with_one_line(tcp_url, give
 
 
 @pytest.fixture
-async def users_table_altered(started_app):
-    """alter(sql): change the users table for one test (the model stays); undone by undo_sql afterwards."""
+async def users_table_altered(client):
+    """alter(sql): change the (emptied) users table for one test (the model stays); undone by undo_sql afterwards."""
     undo = []
 
     async def alter(sql, undo_sql):
@@ -158,7 +158,7 @@ async def test_table_that_lacks_a_column_of_the_model_stops_with_one_line(users_
     await users_table_altered("ALTER TABLE users RENAME COLUMN name TO full_name",
                               "ALTER TABLE users RENAME COLUMN full_name TO name")
 
-    with pytest.raises(SystemExit, match=r"has the columns \['email', 'full_name', 'id'\], the model \['email', 'id', 'name'\]: drop the table"):
+    with pytest.raises(SystemExit, match=r"has the columns \['email', 'full_name', 'id'\], the model \['email', 'id', 'name'\]: migrate it"):
         await create_tables()
 
 
