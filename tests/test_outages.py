@@ -7,6 +7,7 @@ conftest.py sets DB_TIMEOUT=2: each wait ends after 2 s, a lock wait after 1 s.
 """
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -279,17 +280,17 @@ async def test_too_many_connections_is_503(client, override_sessions, reasons):
     assert reasons() == [f'TooManyConnectionsError: too many connections for role "{role}"']
 
 
-async def test_no_free_pooled_connection_is_503(client, override_sessions):
-    # a pool of one connection, held here, and a wait of 0.1 s
-    small = other_engine(pool_size=1, max_overflow=0, pool_timeout=0.1)
-    override_sessions(async_sessionmaker(small, expire_on_commit=False))
-    try:
-        async with small.connect():
-            response = await client.get("/users")
-    finally:
-        await small.dispose()
+async def test_no_free_pooled_connection_is_503_after_pool_timeout(client):
+    # every connection of main.py's pool held here: a request waits pool_timeout
+    # (DB_TIMEOUT) for one, then answers 503, rather than wait without end
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(engine.pool.size()):
+            await stack.enter_async_context(engine.connect())
+        with anyio.fail_after(DB_TIMEOUT + 5):
+            response, took = await timed(client.get("/users"))
 
     assert_503(response)
+    assert DB_TIMEOUT - 0.5 < took < DB_TIMEOUT + 1
 
 
 async def test_the_pool_never_opens_more_than_pool_size_connections(client):
