@@ -27,9 +27,9 @@ pytestmark = pytest.mark.anyio
 UNAVAILABLE = {"detail": "Database unavailable"}
 
 
-def other_engine(*, connect_args=None, **options):
-    """An engine on the test database, as main.py builds its own (asyncpg reads the URL), with other settings."""
-    dsn = os.environ["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
+def other_engine(url=None, *, connect_args=None, **options):
+    """An engine on url (the test database by default), as main.py builds its own (asyncpg reads the URL), with other settings."""
+    dsn = (url or os.environ["DATABASE_URL"]).replace("postgresql+asyncpg://", "postgresql://", 1)
     return create_async_engine("postgresql+asyncpg://", connect_args={"dsn": dsn, **(connect_args or {})}, **options)
 
 

@@ -12,10 +12,10 @@ import certifi
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 import main
 from main import create_tables, engine
+from test_outages import other_engine
 
 pytestmark = pytest.mark.anyio
 
@@ -37,8 +37,7 @@ async def test_the_tests_use_their_own_server_never_the_learners(started_app):
 
 async def session_settings(url, *settings):
     """Connect as main.py does (asyncpg reads the URL); return these settings of the session."""
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    other = create_async_engine("postgresql+asyncpg://", connect_args={"dsn": dsn, "timeout": 2})
+    other = other_engine(url, connect_args={"timeout": 2})
     main.event.listen(other.sync_engine, "do_connect", main.connect_or_operational_error)  # as main.py's engine
     try:
         async with other.connect() as conn:
