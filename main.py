@@ -1,24 +1,29 @@
-"""A users API beside the tutorial: each block names its section; the blocks after the handlers turn a failing
-database into a prompt 503 and check the table. Run `python main.py`, then open http://127.0.0.1:8000/docs."""
+"""A users API beside the tutorial: each block names its section; the blocks after the handlers turn what the
+database refuses into a 4xx, its failures into a prompt 503. Run `python main.py`, open http://127.0.0.1:8000/docs."""
 
 # --- 1. Install (Установка зависимостей): pip install -r requirements.txt ----
 import asyncio
 import logging
 import os
+import re
 import sys
 import unicodedata
 from contextlib import asynccontextmanager
+from inspect import signature
 from typing import Annotated
+from urllib.parse import urlencode
 
+import asyncpg
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import MISSING, AfterValidator, BaseModel, ConfigDict, EmailStr, StringConstraints
-from sqlalchemy import String, UniqueConstraint, event, inspect, select, text
-from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError, TimeoutError as PoolTimeoutError
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, StringConstraints
+from sqlalchemy import String, event, inspect, make_url, select, text
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, OperationalError, TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
 
 # --- 2. Async engine (Создание асинхронного движка SQLAlchemy) ---------------
 # from the environment, e.g. the tutorial's postgresql+asyncpg://postgres:postgres@localhost:5432/postgres
@@ -31,17 +36,18 @@ if not DATABASE_URL:
         sys.exit(f"Set DATABASE_URL, e.g. postgresql://user:password@localhost:5432/dbname ({exc})")
     DATABASE_URL = local_postgres.start()
 DB_TIMEOUT = float(os.environ.get("DB_TIMEOUT", "5"))  # seconds; see "When the database fails"
+try:  # not in the tutorial: one line, not a traceback, for a URL with a typo
+    url = make_url(DATABASE_URL)
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise ValueError(f"{url.drivername}:// is not PostgreSQL")
+except (ArgumentError, ValueError) as exc:  # e.g. a port that is not a number
+    sys.exit(f"DATABASE_URL: {exc}")
 
 engine = create_async_engine(
-    # asyncpg reads the URL itself (dsn), with the libpq parameters it knows (sslmode,
-    # sslrootcert, ...); it knows postgresql://, not postgresql+asyncpg://
-    "postgresql+asyncpg://",
-    connect_args={
-        "dsn": DATABASE_URL.replace("postgresql+asyncpg://", "postgresql://", 1),
-        "timeout": DB_TIMEOUT, "command_timeout": DB_TIMEOUT + 1,  # to connect, to wait for each answer
-        # the server cancels a statement that runs longer, and a wait for a row lock after half that
-        "server_settings": {"statement_timeout": f"{DB_TIMEOUT}s", "lock_timeout": f"{DB_TIMEOUT / 2}s"},
-    },
+    url.set(drivername="postgresql+asyncpg"),  # also a provider's postgresql:// or postgres:// URL, through asyncpg
+    # to connect, to wait for each answer; the server cancels a statement that runs longer, any wait for a lock after half that
+    connect_args={"timeout": DB_TIMEOUT, "command_timeout": DB_TIMEOUT + 1,
+                  "server_settings": {"statement_timeout": f"{DB_TIMEOUT}s", "lock_timeout": f"{DB_TIMEOUT / 2}s"}},
     # connections per process: keep (worker processes x POOL_SIZE) under the server's max_connections
     pool_size=int(os.environ.get("POOL_SIZE", "10")), max_overflow=0, pool_timeout=DB_TIMEOUT,
     echo=os.environ.get("SQL_ECHO") == "1",  # SQL_ECHO=1 python main.py prints every statement
@@ -63,10 +69,8 @@ async def get_session():
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
+
 # --- 4. The User model (Описание модели таблицы "User") ----------------------
-EMAIL_UNIQUE = "users_email_key"  # the unique constraint's name; save_or_409 looks for it
-
-
 class Base(DeclarativeBase):
     pass
 
@@ -74,20 +78,27 @@ class Base(DeclarativeBase):
 class User(Base):
     # "users", not the tutorial's "user": USER is a reserved word (in SQL of yours, FROM user is the role)
     __tablename__ = "users"
-    __table_args__ = (UniqueConstraint("email", name=EMAIL_UNIQUE),)
 
     id: Mapped[int] = mapped_column(primary_key=True)  # no index=True: a primary key has its index
     name: Mapped[str] = mapped_column(String(100), index=True)
-    email: Mapped[str] = mapped_column(String(254))  # EmailStr's longest; the unique constraint has an index
+    # EmailStr's longest; unique makes the constraint users_email_key, which has its index
+    email: Mapped[str] = mapped_column(String(254), unique=True)
 
 
 # Not in the tutorial: pydantic schemas, what a client may send and gets back.
+FLAG = re.compile("\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f")  # a region's flag: black flag, tag letters, end tag
+JOINERS = "\u200c\u200d\u00ad"  # the joiners of Persian or Hindi words and of emoji; the soft hyphen
+BLANKS = JOINERS + "\u115f\u1160\u3164\uffa0\u2800"  # and Hangul fillers, the Braille blank: nothing to see alone
+
+
 def visible(name: str) -> str:
-    # no control or invisible characters (zero-width space, right-to-left override), line breaks,
-    # private-use or unassigned ones; but the joiners of Persian or Hindi words and emoji, and the soft hyphen
-    hidden = [c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp")]
-    if set(hidden) - {"\u200c", "\u200d", "\u00ad"}:
-        raise ValueError("must not contain control or invisible characters")
+    # no control or format characters (zero-width space, right-to-left override), line breaks or private-use
+    # ones, but joiners and a flag's tags; and something to see. Unassigned characters pass: each Python
+    # knows another Unicode version, and the answer must not depend on it
+    shown = FLAG.sub("\U0001f3f4", name)
+    hidden = {c for c in shown if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp") and c not in JOINERS}
+    if hidden or all(c.isspace() or c in BLANKS for c in shown):
+        raise ValueError("must be visible: no control or invisible characters")
     return name
 
 
@@ -105,9 +116,9 @@ class UserCreate(BaseModel):
 class UserUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "Anna"}]})
 
-    # a field may be left out (MISSING), not sent as null: the columns are NOT NULL
-    name: Name | MISSING = MISSING
-    email: EmailStr | MISSING = MISSING
+    # a field may be left out (None stands in for it, and is never validated), not sent as null: the columns are NOT NULL
+    name: Name = None
+    email: EmailStr = None
 
 
 class UserPublic(BaseModel):  # what a client gets back
@@ -121,9 +132,8 @@ class Message(BaseModel):  # the body of the errors the routes document for /doc
 
 
 NOT_FOUND = {404: {"model": Message, "description": "User not found"}}
-EMAIL_TAKEN = {409: {"model": Message, "description": "Email already registered"}}
-MAX_BODY_SIZE = 64 * 1024  # a user is a few hundred bytes; 413 is plain text if Content-Length says so
-BAD_BODY = {400: {"model": Message, "description": "Body not UTF-8, or (before Python 3.14) JSON nested too deep"},
+CONFLICT = {409: {"model": Message, "description": "Email already registered"}}
+BAD_BODY = {400: {"model": Message, "description": "Body not UTF-8, JSON nested too deep, or a value the database cannot hold"},
             413: {"model": Message, "description": "Content Too Large: a body over 64 KiB"}}
 DB_DOWN = {503: {"model": Message, "description": "Database unavailable", "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
 
@@ -131,11 +141,13 @@ DB_DOWN = {503: {"model": Message, "description": "Database unavailable", "heade
 # --- 5. The FastAPI application (Создание FastAPI приложения) ----------------
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    # not in the tutorial: create the table (create_tables, below; a real project migrates it)
+    # not in the tutorial: create the tables (create_tables, below; a real project migrates them)
+    if local_postgres:  # the zero-set-up server: started again if an earlier shutdown stopped it
+        local_postgres.start()
     await create_tables()
     yield
     await engine.dispose()
-    if local_postgres:  # the zero-set-up server: stopped if no other process uses it
+    if local_postgres:  # stopped if no other process uses it
         local_postgres.stop()
 
 
@@ -143,7 +155,7 @@ app = FastAPI(title="Users", lifespan=lifespan, responses=DB_DOWN)
 
 # --- 6. Route handlers (Обработчики маршрутов) -------------------------------
 # What the handlers of sections 7-9 share: the id they accept (a PostgreSQL
-# integer, so 2**31 is a 422, not a database error) and two helpers.
+# integer, so 2**31 is a 422, not a database error) and a helper.
 INT_MAX = 2**31 - 1
 UserId = Annotated[int, Path(ge=1, le=INT_MAX)]
 
@@ -156,33 +168,22 @@ async def get_user_or_404(session: AsyncSession, user_id: int, *, lock: bool = F
     return db_user
 
 
-async def save_or_409(session: AsyncSession) -> None:
-    # Not in the tutorial: flush sends the INSERT or UPDATE now, and the unique constraint
-    # decides; a SELECT for the email first would let two concurrent requests both pass
-    try:
-        await session.flush()
-    except IntegrityError as exc:
-        if getattr(exc.driver_exception, "constraint_name", None) != EMAIL_UNIQUE:
-            raise  # another constraint broken: a bug, so a 500 with its traceback
-        raise HTTPException(status_code=409, detail="Email already registered")
-
-
 # --- 7. Create and update a user (Создание и обновление пользователя) --------
-@app.post("/users", status_code=201, response_model=UserPublic, responses=BAD_BODY | EMAIL_TAKEN, max_body_size=MAX_BODY_SIZE)
+# A taken email needs no code here: the unique constraint refuses it, and the answer is a 409 (below)
+@app.post("/users", status_code=201, response_model=UserPublic, responses=BAD_BODY | CONFLICT)
 async def create_user(user: UserCreate, session: SessionDep) -> User:
     db_user = User(**user.model_dump())
     session.add(db_user)
-    await save_or_409(session)
     await session.commit()
     return db_user
 
 
-@app.patch("/users/{user_id}", response_model=UserPublic, responses=BAD_BODY | NOT_FOUND | EMAIL_TAKEN, max_body_size=MAX_BODY_SIZE)
+@app.patch("/users/{user_id}", response_model=UserPublic, responses=BAD_BODY | NOT_FOUND | CONFLICT)
 async def update_user(user_id: UserId, user: UserUpdate, session: SessionDep) -> User:
     db_user = await get_user_or_404(session, user_id, lock=True)
-    for field, value in user.model_dump().items():  # only the fields sent: MISSING ones are left out
+    for field, value in user.model_dump(exclude_unset=True).items():  # only the fields sent
         setattr(db_user, field, value)
-    await save_or_409(session)
+    await session.flush()  # the UPDATE, now (a taken email fails here): refresh then reads the row as changed
     # the tutorial's refresh, before commit: our lock still keeps a concurrent delete out
     await session.refresh(db_user)
     await session.commit()
@@ -211,10 +212,44 @@ async def delete_user(user_id: UserId, session: SessionDep) -> None:
     await session.commit()
 
 
-# --- Not in the tutorial: when the database fails ----------------------------
-# Each wait on the database is bounded (the engine's arguments), and a database that is down,
-# frozen, overloaded or read-only gets a 503 with Retry-After, not a 500 (on a frozen server
-# every request ended within 2 x DB_TIMEOUT + 1 s: tests/test_outages.py).
+# --- Not in the tutorial: what the database refuses, and when it fails -------
+# One rule for every table: a row that conflicts with stored ones (a duplicate on a unique
+# constraint, a reference to a missing row or a delete of a referenced one) is a 409, a value a
+# column cannot hold a 400. A database that is down, frozen, overloaded or read-only is a 503
+# with Retry-After: each wait is bounded (the engine's arguments; on a frozen server every
+# request ended within 2 x DB_TIMEOUT + 1 s: tests/test_outages.py). Anything else is a bug: a 500.
+CONFLICTS = {"users_email_key": "Email already registered"}  # other constraints: PostgreSQL's own words
+
+
+@app.exception_handler(DBAPIError)
+@app.exception_handler(PoolTimeoutError)  # no pooled connection came free in time
+async def database_error(request: Request, exc: Exception) -> JSONResponse:
+    error = getattr(getattr(exc, "orig", None), "__cause__", None)  # asyncpg's own, with PostgreSQL's fields
+    sqlstate = getattr(error, "sqlstate", None) or ""  # PostgreSQL's code for the error, e.g. 23505
+    if sqlstate in ("23505", "23503"):  # unique violation, foreign key violation
+        return JSONResponse({"detail": CONFLICTS.get(error.constraint_name) or error.detail}, status_code=409)
+    if sqlstate in ("40001", "40P01"):  # serialization failure, deadlock: a concurrent request won, and a retry works
+        return JSONResponse({"detail": "Conflict with a concurrent request: try again"}, status_code=409)
+    if sqlstate.startswith("22"):  # data exception: out of range, too long
+        return JSONResponse({"detail": str(error)}, status_code=400)
+    # an outage: unreachable or no answer (OperationalError, from the events below), a broken connection
+    # the pool dropped, or a code that means "retry later": 53 too many connections, out of resources;
+    # 55P03 lock timeout; 57014 statement timeout; 57P01-03 shutting down, starting up; 25006 read-only
+    # (a failover left us on a standby). Not 57P04: a dropped database needs an administrator, not a retry
+    if isinstance(exc, DBAPIError) and not (isinstance(exc, OperationalError) or exc.connection_invalidated
+                                            or sqlstate.startswith(("53", "55P03", "57014", "57P01", "57P02", "57P03", "25006"))):
+        raise exc  # a bug, not an outage: a 500, with its traceback in the log
+    logging.getLogger("uvicorn.error").warning("503 Database unavailable: %s", reason(exc))
+    return JSONResponse({"detail": "Database unavailable"}, status_code=503, headers={"Retry-After": "5"})
+
+
+def reason(exc: BaseException) -> str:
+    # the first line of the deepest error that says something, e.g. "ConnectionRefusedError: [Errno 111] ..."
+    while exc.__cause__ is not None and str(exc.__cause__):
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
 @event.listens_for(engine.sync_engine, "checkout")
 def replace_closed_connection(dbapi_connection, connection_record, connection_proxy):
     # after a restart the pooled connections are closed: asyncpg knows it without a round trip
@@ -222,68 +257,78 @@ def replace_closed_connection(dbapi_connection, connection_record, connection_pr
         raise DisconnectionError("closed by the server")
 
 
+ASYNCPG_ARGUMENTS = {*signature(asyncpg.connect).parameters, "prepared_statement_cache_size"}
+
+
 @event.listens_for(engine.sync_engine, "do_connect")
 def connect_or_operational_error(dialect, connection_record, cargs, cparams):
+    # The URL's parameters are asyncpg.connect's arguments (ssl=require); libpq's, which a provider
+    # prints (sslmode=require, sslrootcert=...), asyncpg reads from a DSN, and connect_timeout is its timeout
+    libpq = {name: cparams.pop(name) for name in list(cparams) if name not in ASYNCPG_ARGUMENTS}
+    cparams["timeout"] = float(libpq.pop("connect_timeout", cparams["timeout"]))
+    cparams["dsn"] = "postgresql://?" + urlencode(libpq)
     # asyncpg reports a server it cannot reach (refused, timed out, TLS refused)
     # as an OSError: make it a database error, for the 503, not every OSError
     try:
         return dialect.connect(*cargs, **cparams)
-    except OSError as exc:
-        raise dialect.loaded_dbapi.OperationalError(str(exc)) from exc
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # SQLAlchemy 2.0 passes these on as they are
+        raise dialect.loaded_dbapi.OperationalError(str(exc) or f"no connection within {cparams['timeout']} s") from exc
 
 
 @event.listens_for(engine.sync_engine, "handle_error")
 def no_answer_closes_the_connection(context):
-    # no answer within command_timeout (a frozen server, a lost network): close the connection
-    # now (a polite close would wait 2 s more), and raise a database error, for the 503
+    # no answer within command_timeout (a frozen server, a lost network): end the connection now
+    # (SQLAlchemy's close would first wait 2 s for a polite goodbye), have the pool drop it, and
+    # raise a database error, for the 503. After 25006 (read-only) the pool connects anew too.
     if isinstance(context.original_exception, TimeoutError):
         context.connection.connection.driver_connection.terminate()
-        raise OperationalError(context.statement, context.parameters, context.original_exception)
+        context.is_disconnect = True
+        raise OperationalError(context.statement, context.parameters, TimeoutError(f"no answer within {DB_TIMEOUT + 1} s"))
+    if getattr(context.original_exception, "sqlstate", None) == "25006":
+        context.is_disconnect = True
 
 
-def reason(exc: BaseException) -> str:
-    # the first line of the error at the root, e.g. "ConnectionRefusedError: [Errno 111] ..."
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return f"{type(exc).__name__}: {exc}".splitlines()[0]
-
-
-@app.exception_handler(DBAPIError)
-@app.exception_handler(PoolTimeoutError)  # no pooled connection came free in time
-async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    # an outage: unreachable or no answer (OperationalError, from the events above), a broken
-    # connection the pool dropped, or a SQLSTATE (PostgreSQL's error code) class or code that
-    # means "retry later": 40 serialization failure or deadlock, 53 too many connections or out
-    # of resources, 57 shut down, starting up or statement timeout, 55P03 lock timeout, 25006
-    # read-only (a failover left us on a standby)
-    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
-    if isinstance(exc, DBAPIError) and not (isinstance(exc, OperationalError) or exc.connection_invalidated
-                                            or sqlstate.startswith(("40", "53", "57", "55P03", "25006"))):
-        raise exc  # a bug, not an outage: a 500, with its traceback in the log
-    logging.getLogger("uvicorn.error").warning("503 Database unavailable: %s", reason(exc))
-    return JSONResponse({"detail": "Database unavailable"}, status_code=503, headers={"Retry-After": "5"})
-
-
-# --- Not in the tutorial: the table at start-up, and bad requests ------------
+# --- Not in the tutorial: the tables at start-up, and bad requests -----------
 async def create_tables() -> None:
     # one line, not a traceback, when the database cannot be used
     try:
         async with engine.begin() as conn:
-            # several workers may start at once: one creates the table, the others wait for this lock
-            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('main.py: create table users'))"))
+            # several workers may start at once: one creates the tables, the others wait for this lock
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('main.py: create tables'))"))
             await conn.run_sync(Base.metadata.create_all)
-            columns = await conn.run_sync(lambda sync_conn: inspect(sync_conn).get_columns("users"))
+            tables = await conn.run_sync(lambda sync_conn: {t: inspect(sync_conn).get_columns(t) for t in Base.metadata.tables})
         # python main.py checks in an event loop of its own (asyncio.run), then serves in another
         await engine.dispose()
-    except DBAPIError as exc:
+    except (DBAPIError, ValueError) as exc:  # ValueError: a URL parameter with a wrong value
         sys.exit(f"Cannot use the database: {reason(exc)}")
-    # create_all never changes a table that exists: after a change to the model, say so here, not
+    # create_all never changes a table that exists: after a change to a model, say so here, not
     # with 500s. Only column names are compared (and a NOT NULL column the model would not fill).
-    model = set(User.__table__.columns.keys())
-    table = {c["name"] for c in columns if c["name"] in model or not (c["nullable"] or c["default"] or c.get("identity"))}
-    if table != model:
-        sys.exit(f"Table users has the columns {sorted(c['name'] for c in columns)}, the model {sorted(model)}: "
-                 "migrate it (Alembic), or drop it, rows and all, to start afresh")
+    for name, columns in tables.items():
+        model = set(Base.metadata.tables[name].columns.keys())
+        table = {c["name"] for c in columns if c["name"] in model or not (c["nullable"] or c["default"] or c.get("identity"))}
+        if table != model:
+            sys.exit(f"Table {name} has the columns {sorted(c['name'] for c in columns)}, the model {sorted(model)}: "
+                     "migrate it (Alembic), or drop it, rows and all, to start afresh")
+
+
+def limit_body_size(app, max_size: int = 64 * 1024):
+    # a body over 64 KiB is a 413 once that much has arrived, Content-Length or not (a user is a few hundred bytes)
+    async def limited_app(scope, receive, send):
+        received = []  # the size of each part of the body so far
+
+        async def limited_receive():
+            message = await receive()
+            received.append(len(message.get("body", b"")))
+            if sum(received) > max_size:
+                raise HTTPException(status_code=413, detail="Content Too Large")
+            return message
+
+        await app(scope, limited_receive, send)
+
+    return limited_app
+
+
+app.add_middleware(limit_body_size)
 
 
 # FastAPI's own 422 echoes the input back, and a body nested thousands of levels deep would
@@ -295,6 +340,6 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
 
 # --- 10. Run the application (Запуск приложения) ----------------------------
 if __name__ == "__main__":
-    # not in the tutorial: check the table before the server starts, so that a problem is one line
+    # not in the tutorial: check the tables before the server starts, so that a problem is one line
     asyncio.run(create_tables())
-    uvicorn.run("main:app", host="127.0.0.1", port=8000, reload=True)
+    uvicorn.run("main:app", host="127.0.0.1", port=int(os.environ.get("PORT", "8000")), reload=True)

@@ -3,7 +3,7 @@
 Each handler gets a test of its success and of its main error, and each test
 checks what landed in the database, not only the response. How it works:
 
-- Every test starts by emptying the users table, so the tests run on
+- Every test starts by emptying the tables, so the tests run on
   TEST_DATABASE_URL, a database meant for tests, never on DATABASE_URL. Here
   conftest.py starts a throwaway PostgreSQL server and sets it. Copied alone
   into your project, run them on a database of their own, e.g.
@@ -32,7 +32,7 @@ TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 if TEST_DATABASE_URL:
     os.environ["DATABASE_URL"] = TEST_DATABASE_URL
     import main
-    from main import app, engine, lifespan
+    from main import Base, app, engine, lifespan
 
 pytestmark = pytest.mark.anyio
 
@@ -67,9 +67,10 @@ async def started_app():
 
 @pytest.fixture
 async def client(started_app):
-    """An HTTP client calling the app in-process, on an empty users table."""
+    """An HTTP client calling the app in-process, on empty tables (every model's, yours too)."""
     async with engine.begin() as conn:
-        await conn.execute(text("TRUNCATE users RESTART IDENTITY"))
+        tables = ", ".join(conn.dialect.identifier_preparer.format_table(table) for table in Base.metadata.sorted_tables)
+        await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
     async with AsyncClient(transport=ASGITransport(app=started_app), base_url="http://test") as client:
         yield client
 

@@ -7,12 +7,11 @@ import pytest
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import ResponseValidationError
 from httpx import ASGITransport, AsyncClient
-from sqlalchemy import Column, Integer, MetaData, String, inspect, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Column, Integer, String, inspect, select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 
-from main import EMAIL_UNIQUE, SessionDep, User, UserCreate, UserPublic, app, engine
+from main import CONFLICTS, SessionDep, User, UserCreate, UserPublic, app, engine
 from test_main import ANN, create
 
 pytestmark = pytest.mark.anyio
@@ -75,27 +74,28 @@ async def test_table_named_user_answers_the_current_role_not_the_table(started_a
 
 
 # --- 4. the unique constraint's name ---------------------------------------------
-async def test_email_unique_constraint_has_the_name_save_or_409_looks_for(started_app):
+async def test_email_unique_constraint_is_named_as_the_409_message_expects(started_app):
+    # unique=True, as in the tutorial: PostgreSQL names the constraint <table>_<column>_key
     async with engine.connect() as conn:
         constraints = await conn.run_sync(lambda sync_conn: inspect(sync_conn).get_unique_constraints("users"))
 
-    assert [(c["name"], c["column_names"]) for c in constraints] == [(EMAIL_UNIQUE, ["email"])]
-    # the name is given in the model, so a naming convention cannot change it
-    renamed = User.__table__.to_metadata(MetaData(naming_convention={"uq": "uq_%(table_name)s_%(column_0_name)s"}))
-    assert {c.name for c in renamed.constraints if c.name and c.name.startswith(("users_email", "uq_"))} == {EMAIL_UNIQUE}
+    assert [(c["name"], c["column_names"]) for c in constraints] == [("users_email_key", ["email"])]
+    assert CONFLICTS["users_email_key"] == "Email already registered"
 
 
-async def test_duplicate_email_on_a_differently_named_constraint_is_a_500_not_a_409(client, stored):
-    # the 409 follows the name: a broken constraint main.py does not know is a bug
+async def test_duplicate_on_a_differently_named_unique_constraint_is_still_a_409_in_postgresqls_words(client, stored):
+    # a naming convention, or a constraint of the learner's own: no name to look up, the same rule
     await create(client, ANN)
     async with engine.begin() as conn:
-        await conn.execute(text(f"ALTER TABLE users RENAME CONSTRAINT {EMAIL_UNIQUE} TO some_other_name"))
+        await conn.execute(text("ALTER TABLE users RENAME CONSTRAINT users_email_key TO uq_users_email"))
     try:
-        with pytest.raises(IntegrityError, match="some_other_name"):
-            await client.post("/users", json={"name": "Other Ann", "email": ANN["email"]})
+        response = await client.post("/users", json={"name": "Other Ann", "email": ANN["email"]})
     finally:
         async with engine.begin() as conn:
-            await conn.execute(text(f"ALTER TABLE users RENAME CONSTRAINT some_other_name TO {EMAIL_UNIQUE}"))
+            await conn.execute(text("ALTER TABLE users RENAME CONSTRAINT uq_users_email TO users_email_key"))
+
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Key (email)=(ann@example.com) already exists."}
     assert await stored() == [(1, "Ann", "ann@example.com")]
 
 
@@ -105,7 +105,7 @@ async def test_users_table_has_one_index_per_lookup(started_app):
     async with engine.connect() as conn:
         indexes = (await conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'users'"))).scalars().all()
 
-    assert sorted(indexes) == ["ix_users_name", EMAIL_UNIQUE, "users_pkey"]
+    assert sorted(indexes) == ["ix_users_name", "users_email_key", "users_pkey"]
 
 
 # --- 7. the database decides on duplicates ----------------------------------------
