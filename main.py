@@ -24,7 +24,6 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, Operat
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-
 # --- 2. Async engine (Создание асинхронного движка SQLAlchemy) ---------------
 # from the environment, e.g. the tutorial's postgresql+asyncpg://postgres:postgres@localhost:5432/postgres
 DATABASE_URL = os.environ.get("DATABASE_URL")
@@ -36,16 +35,14 @@ if not DATABASE_URL:
         sys.exit(f"Set DATABASE_URL, e.g. postgresql://user:password@localhost:5432/dbname ({exc})")
     DATABASE_URL = local_postgres.start()
 DB_TIMEOUT = float(os.environ.get("DB_TIMEOUT", "5"))  # seconds; see "When the database fails"
-try:  # not in the tutorial: one line, not a traceback, for a URL with a typo
+try:  # not in the tutorial: a URL with a typo (a port that is not a number) is one line, not a traceback
     url = make_url(DATABASE_URL)
-    if url.get_backend_name() not in ("postgresql", "postgres"):
-        raise ValueError(f"{url.drivername}:// is not PostgreSQL")
-except (ArgumentError, ValueError) as exc:  # e.g. a port that is not a number
+except (ArgumentError, ValueError) as exc:
     sys.exit(f"DATABASE_URL: {exc}")
 
 engine = create_async_engine(
-    url.set(drivername="postgresql+asyncpg"),  # also a provider's postgresql:// or postgres:// URL, through asyncpg
-    # to connect, to wait for each answer; the server cancels a statement that runs longer, any wait for a lock after half that
+    url.set(drivername="postgresql+asyncpg"),  # a provider's postgresql:// or postgres:// URL too, through asyncpg
+    # to connect, to wait for each answer; the server cancels a statement that runs longer, a wait for any lock after half that
     connect_args={"timeout": DB_TIMEOUT, "command_timeout": DB_TIMEOUT + 1,
                   "server_settings": {"statement_timeout": f"{DB_TIMEOUT}s", "lock_timeout": f"{DB_TIMEOUT / 2}s"}},
     # connections per process: keep (worker processes x POOL_SIZE) under the server's max_connections
@@ -81,23 +78,23 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)  # no index=True: a primary key has its index
     name: Mapped[str] = mapped_column(String(100), index=True)
-    # EmailStr's longest; unique makes the constraint users_email_key, which has its index
-    email: Mapped[str] = mapped_column(String(254), unique=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)  # EmailStr's longest; unique brings its index
 
 
 # Not in the tutorial: pydantic schemas, what a client may send and gets back.
 FLAG = re.compile("\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f")  # a region's flag: black flag, tag letters, end tag
-JOINERS = "\u200c\u200d\u00ad"  # the joiners of Persian or Hindi words and of emoji; the soft hyphen
-BLANKS = JOINERS + "\u115f\u1160\u3164\uffa0\u2800"  # and Hangul fillers, the Braille blank: nothing to see alone
+JOINERS = "\u200c\u200d\u00ad"  # the joiners of Persian or Hindi words and of emoji, and the soft hyphen
+NOTHING_TO_SEE = JOINERS + "\u115f\u1160\u3164\uffa0\u2800"  # with the Hangul fillers and the Braille blank
 
 
 def visible(name: str) -> str:
-    # no control or format characters (zero-width space, right-to-left override), line breaks or private-use
-    # ones, but joiners and a flag's tags; and something to see. Unassigned characters pass: each Python
-    # knows another Unicode version, and the answer must not depend on it
+    # no control or format characters (zero-width space, right-to-left override), line breaks or private-use ones
+    # but joiners and a flag's tags; and something to see. The same answer on every Python: characters its Unicode
+    # does not know yet pass, and U+13439-1343F, format characters since Unicode 15 (Python 3.12), never do
     shown = FLAG.sub("\U0001f3f4", name)
-    hidden = {c for c in shown if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp") and c not in JOINERS}
-    if hidden or all(c.isspace() or c in BLANKS for c in shown):
+    hidden = [c for c in shown if c not in JOINERS and (unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp")
+                                                        or "\U00013439" <= c <= "\U0001343f")]
+    if hidden or all(c.isspace() or c in NOTHING_TO_SEE for c in shown):
         raise ValueError("must be visible: no control or invisible characters")
     return name
 
@@ -116,7 +113,7 @@ class UserCreate(BaseModel):
 class UserUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "Anna"}]})
 
-    # a field may be left out (None stands in for it, and is never validated), not sent as null: the columns are NOT NULL
+    # a field may be left out (None then stands in, never validated), not sent as null: the columns are NOT NULL
     name: Name = None
     email: EmailStr = None
 
@@ -132,8 +129,8 @@ class Message(BaseModel):  # the body of the errors the routes document for /doc
 
 
 NOT_FOUND = {404: {"model": Message, "description": "User not found"}}
-CONFLICT = {409: {"model": Message, "description": "Email already registered"}}
-BAD_BODY = {400: {"model": Message, "description": "Body not UTF-8, JSON nested too deep, or a value the database cannot hold"},
+EMAIL_TAKEN = {409: {"model": Message, "description": "Email already registered"}}
+BAD_BODY = {400: {"model": Message, "description": "Body not UTF-8, or (before Python 3.14) JSON nested too deep"},
             413: {"model": Message, "description": "Content Too Large: a body over 64 KiB"}}
 DB_DOWN = {503: {"model": Message, "description": "Database unavailable", "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
 
@@ -142,12 +139,10 @@ DB_DOWN = {503: {"model": Message, "description": "Database unavailable", "heade
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     # not in the tutorial: create the tables (create_tables, below; a real project migrates them)
-    if local_postgres:  # the zero-set-up server: started again if an earlier shutdown stopped it
-        local_postgres.start()
     await create_tables()
     yield
     await engine.dispose()
-    if local_postgres:  # stopped if no other process uses it
+    if local_postgres:  # the zero-set-up server: stopped if no other process uses it
         local_postgres.stop()
 
 
@@ -169,21 +164,20 @@ async def get_user_or_404(session: AsyncSession, user_id: int, *, lock: bool = F
 
 
 # --- 7. Create and update a user (Создание и обновление пользователя) --------
-# A taken email needs no code here: the unique constraint refuses it, and the answer is a 409 (below)
-@app.post("/users", status_code=201, response_model=UserPublic, responses=BAD_BODY | CONFLICT)
+@app.post("/users", status_code=201, response_model=UserPublic, responses=BAD_BODY | EMAIL_TAKEN)
 async def create_user(user: UserCreate, session: SessionDep) -> User:
     db_user = User(**user.model_dump())
     session.add(db_user)
-    await session.commit()
+    await session.commit()  # a taken email: the unique constraint refuses the INSERT, a 409 (below)
     return db_user
 
 
-@app.patch("/users/{user_id}", response_model=UserPublic, responses=BAD_BODY | NOT_FOUND | CONFLICT)
+@app.patch("/users/{user_id}", response_model=UserPublic, responses=BAD_BODY | NOT_FOUND | EMAIL_TAKEN)
 async def update_user(user_id: UserId, user: UserUpdate, session: SessionDep) -> User:
     db_user = await get_user_or_404(session, user_id, lock=True)
     for field, value in user.model_dump(exclude_unset=True).items():  # only the fields sent
         setattr(db_user, field, value)
-    await session.flush()  # the UPDATE, now (a taken email fails here): refresh then reads the row as changed
+    await session.flush()  # sends the UPDATE (a taken email: a 409), so that refresh reads the row as changed
     # the tutorial's refresh, before commit: our lock still keeps a concurrent delete out
     await session.refresh(db_user)
     await session.commit()
@@ -213,32 +207,33 @@ async def delete_user(user_id: UserId, session: SessionDep) -> None:
 
 
 # --- Not in the tutorial: what the database refuses, and when it fails -------
-# One rule for every table: a row that conflicts with stored ones (a duplicate on a unique
-# constraint, a reference to a missing row or a delete of a referenced one) is a 409, a value a
-# column cannot hold a 400. A database that is down, frozen, overloaded or read-only is a 503
-# with Retry-After: each wait is bounded (the engine's arguments; on a frozen server every
-# request ended within 2 x DB_TIMEOUT + 1 s: tests/test_outages.py). Anything else is a bug: a 500.
+# One rule for every table: a row that conflicts with stored ones (a duplicate on a unique constraint,
+# a reference to a missing row, a delete of a referenced one) or with a concurrent request is a 409; a
+# value a column cannot hold, a 400. A database that is down, frozen, overloaded or read-only is a 503
+# with Retry-After: each wait is bounded (the engine's arguments; on a frozen server every request ended
+# within 2 x DB_TIMEOUT + 1 s: tests/test_outages.py). Anything else is a bug: a 500 and its traceback.
 CONFLICTS = {"users_email_key": "Email already registered"}  # other constraints: PostgreSQL's own words
+RETRY_LATER = ("53", "55P03", "57014", "57P01", "57P02", "57P03", "25006")  # SQLSTATEs: see database_error
 
 
 @app.exception_handler(DBAPIError)
 @app.exception_handler(PoolTimeoutError)  # no pooled connection came free in time
 async def database_error(request: Request, exc: Exception) -> JSONResponse:
-    error = getattr(getattr(exc, "orig", None), "__cause__", None)  # asyncpg's own, with PostgreSQL's fields
-    sqlstate = getattr(error, "sqlstate", None) or ""  # PostgreSQL's code for the error, e.g. 23505
+    error = getattr(getattr(exc, "orig", None), "__cause__", None)  # asyncpg's own error, with PostgreSQL's fields
+    sqlstate = getattr(error, "sqlstate", None) or ""  # PostgreSQL's code for the error (SQLSTATE), e.g. 23505
     if sqlstate in ("23505", "23503"):  # unique violation, foreign key violation
         return JSONResponse({"detail": CONFLICTS.get(error.constraint_name) or error.detail}, status_code=409)
-    if sqlstate in ("40001", "40P01"):  # serialization failure, deadlock: a concurrent request won, and a retry works
+    if sqlstate in ("40001", "40P01"):  # serialization failure, deadlock: another request came first; a retry works
         return JSONResponse({"detail": "Conflict with a concurrent request: try again"}, status_code=409)
-    if sqlstate.startswith("22"):  # data exception: out of range, too long
+    if sqlstate.startswith("22"):  # data exception: a number out of range, a string too long
         return JSONResponse({"detail": str(error)}, status_code=400)
-    # an outage: unreachable or no answer (OperationalError, from the events below), a broken connection
-    # the pool dropped, or a code that means "retry later": 53 too many connections, out of resources;
-    # 55P03 lock timeout; 57014 statement timeout; 57P01-03 shutting down, starting up; 25006 read-only
-    # (a failover left us on a standby). Not 57P04: a dropped database needs an administrator, not a retry
+    # an outage: unreachable or no answer (OperationalError, from the events below), a connection the pool
+    # dropped, or a SQLSTATE that means "retry later": 53 too many connections, out of resources; 55P03 lock
+    # timeout; 57014 statement timeout; 57P01-03 shutting down, starting up; 25006 read-only (a failover left
+    # us on a standby). Not 57P04, a dropped database: no retry brings it back
     if isinstance(exc, DBAPIError) and not (isinstance(exc, OperationalError) or exc.connection_invalidated
-                                            or sqlstate.startswith(("53", "55P03", "57014", "57P01", "57P02", "57P03", "25006"))):
-        raise exc  # a bug, not an outage: a 500, with its traceback in the log
+                                            or sqlstate.startswith(RETRY_LATER)):
+        raise exc
     logging.getLogger("uvicorn.error").warning("503 Database unavailable: %s", reason(exc))
     return JSONResponse({"detail": "Database unavailable"}, status_code=503, headers={"Retry-After": "5"})
 
@@ -262,36 +257,39 @@ ASYNCPG_ARGUMENTS = {*signature(asyncpg.connect).parameters, "prepared_statement
 
 @event.listens_for(engine.sync_engine, "do_connect")
 def connect_or_operational_error(dialect, connection_record, cargs, cparams):
-    # The URL's parameters are asyncpg.connect's arguments (ssl=require); libpq's, which a provider
-    # prints (sslmode=require, sslrootcert=...), asyncpg reads from a DSN, and connect_timeout is its timeout
+    # the URL's parameters reach asyncpg.connect as arguments (ssl=require); libpq's, which a provider
+    # prints (sslmode=require, sslrootcert=...), asyncpg reads from a DSN; connect_timeout is its timeout
     libpq = {name: cparams.pop(name) for name in list(cparams) if name not in ASYNCPG_ARGUMENTS}
     cparams["timeout"] = float(libpq.pop("connect_timeout", cparams["timeout"]))
     cparams["dsn"] = "postgresql://?" + urlencode(libpq)
-    # asyncpg reports a server it cannot reach (refused, timed out, TLS refused)
-    # as an OSError: make it a database error, for the 503, not every OSError
+    # a server asyncpg cannot reach (refused, timed out, TLS refused) is an OSError, and SQLAlchemy 2.0
+    # passes asyncpg's own errors on: make them a database error, for the 503, not every OSError
     try:
         return dialect.connect(*cargs, **cparams)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # SQLAlchemy 2.0 passes these on as they are
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise dialect.loaded_dbapi.OperationalError(str(exc) or f"no connection within {cparams['timeout']} s") from exc
 
 
 @event.listens_for(engine.sync_engine, "handle_error")
-def no_answer_closes_the_connection(context):
-    # no answer within command_timeout (a frozen server, a lost network): end the connection now
-    # (SQLAlchemy's close would first wait 2 s for a polite goodbye), have the pool drop it, and
-    # raise a database error, for the 503. After 25006 (read-only) the pool connects anew too.
+def drop_broken_connection(context):
+    # no answer within command_timeout (a frozen server, a lost network): end the connection at once
+    # (SQLAlchemy's own close would first wait 2 s for a polite goodbye), have the pool drop it, and raise
+    # a database error, for the 503. After 25006 (read-only) the pool drops the connection too
     if isinstance(context.original_exception, TimeoutError):
         context.connection.connection.driver_connection.terminate()
         context.is_disconnect = True
         raise OperationalError(context.statement, context.parameters, TimeoutError(f"no answer within {DB_TIMEOUT + 1} s"))
-    if getattr(context.original_exception, "sqlstate", None) == "25006":
-        context.is_disconnect = True
+    context.is_disconnect = context.is_disconnect or getattr(context.original_exception, "sqlstate", None) == "25006"
 
 
 # --- Not in the tutorial: the tables at start-up, and bad requests -----------
 async def create_tables() -> None:
     # one line, not a traceback, when the database cannot be used
+    if local_postgres:  # the zero-set-up server: started again after a shutdown (TestClient, once per test)
+        local_postgres.start()
     try:
+        if url.get_backend_name() not in ("postgresql", "postgres"):
+            raise ValueError(f"DATABASE_URL names {url.drivername}://, not PostgreSQL")
         async with engine.begin() as conn:
             # several workers may start at once: one creates the tables, the others wait for this lock
             await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('main.py: create tables'))"))
@@ -299,7 +297,7 @@ async def create_tables() -> None:
             tables = await conn.run_sync(lambda sync_conn: {t: inspect(sync_conn).get_columns(t) for t in Base.metadata.tables})
         # python main.py checks in an event loop of its own (asyncio.run), then serves in another
         await engine.dispose()
-    except (DBAPIError, ValueError) as exc:  # ValueError: a URL parameter with a wrong value
+    except (DBAPIError, ValueError) as exc:  # ValueError: a URL parameter of the wrong kind, connect_timeout=ten
         sys.exit(f"Cannot use the database: {reason(exc)}")
     # create_all never changes a table that exists: after a change to a model, say so here, not
     # with 500s. Only column names are compared (and a NOT NULL column the model would not fill).
@@ -311,15 +309,16 @@ async def create_tables() -> None:
                      "migrate it (Alembic), or drop it, rows and all, to start afresh")
 
 
-def limit_body_size(app, max_size: int = 64 * 1024):
+def limit_body_size(app):
     # a body over 64 KiB is a 413 once that much has arrived, Content-Length or not (a user is a few hundred bytes)
     async def limited_app(scope, receive, send):
-        received = []  # the size of each part of the body so far
+        received = 0
 
         async def limited_receive():
+            nonlocal received
             message = await receive()
-            received.append(len(message.get("body", b"")))
-            if sum(received) > max_size:
+            received += len(message.get("body", b""))
+            if received > 64 * 1024:
                 raise HTTPException(status_code=413, detail="Content Too Large")
             return message
 

@@ -34,10 +34,11 @@ async def test_create_user_invalid_body_is_422(client, stored, body, error_type)
 @pytest.mark.parametrize(
     "name",
     ["A\u0085nn", "\u202eAnn", "A\u200bnn", "A\ufeffnn", "Ann\u2028Lee", "Ann\u2029Lee", "A\ue000nn", "A\U000e0041nn",
-     "\u3164", "\u2800\u2800", "\u115f\u1160", "\uffa0", "\u200d", "\u00ad\u200c"],
+     "\u3164", "\u2800\u2800", "\u115f\u1160", "\uffa0", "\u200d", "\u00ad\u200c", "A\U00013439nn"],
     ids=["next-line-control", "right-to-left-override", "zero-width-space", "byte-order-mark", "line-separator",
          "paragraph-separator", "private-use", "tag-character-outside-a-flag", "hangul-filler", "braille-blanks",
-         "hangul-choseong-jungseong-fillers", "halfwidth-hangul-filler", "joiner-alone", "soft-hyphen-and-joiner-alone"],
+         "hangul-choseong-jungseong-fillers", "halfwidth-hangul-filler", "joiner-alone", "soft-hyphen-and-joiner-alone",
+         "egyptian-format-control-new-in-unicode-15"],
 )
 async def test_create_user_blank_or_invisible_name_is_422(client, stored, name):
     response = await client.post("/users", json={"name": name, "email": "ann@example.com"})

@@ -33,7 +33,7 @@ def other_engine(url=None, *, connect_args=None, **options):
     other = create_async_engine(make_url(url or os.environ["DATABASE_URL"]).set(drivername="postgresql+asyncpg"),
                                 connect_args={"timeout": DB_TIMEOUT, **(connect_args or {})}, **options)
     for name, listener in [("checkout", main.replace_closed_connection), ("do_connect", main.connect_or_operational_error),
-                           ("handle_error", main.no_answer_closes_the_connection)]:
+                           ("handle_error", main.drop_broken_connection)]:
         event.listen(other.sync_engine, name, listener)
     return other
 

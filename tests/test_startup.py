@@ -158,7 +158,7 @@ def test_main_py_copied_alone_without_database_url_asks_for_it(tmp_path):
         ("{tcp_url}?sslmode=requir", "Cannot use the database: ClientConfigurationError: `sslmode` parameter must be one of"),
         ("{tcp_url}?connect_timeout=ten", "Cannot use the database: ValueError: could not convert string to float: 'ten'"),
         ("postgresql://postgres@127.0.0.1:5432x/postgres", "DATABASE_URL: invalid literal for int() with base 10: '5432x'"),
-        ("mysql://postgres@127.0.0.1/postgres", "DATABASE_URL: mysql:// is not PostgreSQL"),
+        ("mysql://postgres@127.0.0.1/postgres", "Cannot use the database: ValueError: DATABASE_URL names mysql://, not PostgreSQL"),
         ("db.example.com:5432", "DATABASE_URL: Could not parse SQLAlchemy URL"),
     ],
     ids=["sslmode-require-without-tls", "ssl-require-without-tls", "channel-binding", "sslmode-typo", "connect-timeout-typo",
