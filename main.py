@@ -259,15 +259,16 @@ ASYNCPG_ARGUMENTS = {*signature(asyncpg.connect).parameters, "prepared_statement
 def connect_or_operational_error(dialect, connection_record, cargs, cparams):
     # the URL's parameters reach asyncpg.connect as arguments (ssl=require); libpq's, which a provider
     # prints (sslmode=require, sslrootcert=...), asyncpg reads from a DSN; connect_timeout is its timeout
-    libpq = {name: cparams.pop(name) for name in list(cparams) if name not in ASYNCPG_ARGUMENTS}
-    cparams["timeout"] = float(libpq.pop("connect_timeout", cparams["timeout"]))
-    cparams["dsn"] = "postgresql://?" + urlencode(libpq)
+    # (new dicts: SQLAlchemy 2.0 hands every connection the same cparams)
+    args = {name: value for name, value in cparams.items() if name in ASYNCPG_ARGUMENTS}
+    libpq = {name: value for name, value in cparams.items() if name not in ASYNCPG_ARGUMENTS}
+    args["timeout"] = float(libpq.pop("connect_timeout", args["timeout"]))
     # a server asyncpg cannot reach (refused, timed out, TLS refused) is an OSError, and SQLAlchemy 2.0
     # passes asyncpg's own errors on: make them a database error, for the 503, not every OSError
     try:
-        return dialect.connect(*cargs, **cparams)
+        return dialect.connect(*cargs, **args, dsn="postgresql://?" + urlencode(libpq))
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise dialect.loaded_dbapi.OperationalError(str(exc) or f"no connection within {cparams['timeout']} s") from exc
+        raise dialect.loaded_dbapi.OperationalError(str(exc) or f"no connection within {args['timeout']} s") from exc
 
 
 @event.listens_for(engine.sync_engine, "handle_error")

@@ -62,6 +62,17 @@ async def test_libpq_parameters_in_the_url_reach_the_connection(tcp_url):
                                   "(SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())") == ["learner-app", "public", False]
 
 
+async def test_libpq_parameters_reach_every_connection_not_only_the_first(tcp_url):
+    other = other_engine(f"{tcp_url}?application_name=learner-app")
+    try:
+        async with other.connect() as first, other.connect() as second:
+            names = [await conn.scalar(text("SELECT current_setting('application_name')")) for conn in (first, second)]
+    finally:
+        await other.dispose()
+
+    assert names == ["learner-app", "learner-app"]
+
+
 @pytest.mark.parametrize(
     "query",
     ["ssl=disable", "ssl=prefer", "prepared_statement_cache_size=0", "ssl=prefer&prepared_statement_cache_size=0",
