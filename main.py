@@ -130,7 +130,7 @@ class Message(BaseModel):  # the body of the errors the routes document for /doc
 
 NOT_FOUND = {404: {"model": Message, "description": "User not found"}}
 EMAIL_TAKEN = {409: {"model": Message, "description": "Email already registered"}}
-BAD_BODY = {400: {"model": Message, "description": "Body not UTF-8, or (before Python 3.14) JSON nested too deep"},
+BAD_BODY = {400: {"model": Message, "description": "Body not UTF-8, JSON too deep (Python < 3.14), a value a column cannot hold"},
             413: {"model": Message, "description": "Content Too Large: a body over 64 KiB"}}
 DB_DOWN = {503: {"model": Message, "description": "Database unavailable", "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
 
