@@ -7,12 +7,13 @@ the app in an event loop of its own, which this test process's loop must not sha
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from test_local_postgres import project_copy  # noqa: F401
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -47,24 +48,12 @@ async def test_testclient_entered_three_times_on_database_url(client, stored):
     assert [name for _, name, _ in await stored()] == ["User 0", "User 1", "User 2"]
 
 
-@pytest.fixture
-def project_without_database_url(tmp_path):
-    """main.py and local_postgres.py in a folder of their own, and an environment without DATABASE_URL."""
-    for name in ("main.py", "local_postgres.py"):
-        shutil.copy(HERE / name, tmp_path / name)
+def test_testclient_entered_three_times_on_the_zero_set_up_server_and_nothing_left_running(project_copy):
+    # project_copy: main.py and local_postgres.py in a folder of their own (and its server stopped afterwards)
     env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "TEST_DATABASE_URL")}
-    yield tmp_path, env
-    # whatever the test did, no server of this folder's stays: local_postgres.py stops it if it runs
-    stop = "import local_postgres; local_postgres.start(); local_postgres.stop()"
-    if (tmp_path / ".pgdata" / "postmaster.pid").exists():
-        subprocess.run([sys.executable, "-c", stop], cwd=tmp_path, env=env, timeout=120)
 
-
-def test_testclient_entered_three_times_on_the_zero_set_up_server_and_nothing_left_running(project_without_database_url):
-    folder, env = project_without_database_url
-
-    answers = run_three_clients(folder, env)
+    answers = run_three_clients(project_copy, env)
 
     # the server was stopped after each client and started again by the next one's lifespan
     assert answers == [[201, 200, 1], [201, 200, 2], [201, 200, 3]]
-    assert not (folder / ".pgdata" / "postmaster.pid").exists()
+    assert not (project_copy / ".pgdata" / "postmaster.pid").exists()
