@@ -66,6 +66,9 @@ RUN_DIR = run_dir(PGDATA)
 joined = {}  # data folder -> the shared lock this process holds on its server
 urls = {}  # data folder -> the URL start() returned: the same after a stop and a start (main.py's engine keeps it)
 servers = {}  # data folder -> the server process this process started (subprocess.Popen), to reap once stopped
+# one thread of this process at a time (TestClient runs the lifespan in a thread
+# of its own): these file locks, fcntl's on Linux and macOS, are per process
+one_thread_at_a_time = threading.Lock()
 
 
 class Lock(InterProcessReaderWriterLock):
@@ -95,32 +98,33 @@ def start(pgdata: Path = PGDATA, port: int | None = None, password: str | None =
     (on Windows only there, on a port chosen at the first start). password: the
     superuser's, if the database cluster is created now (else a random one).
     """
-    if pgdata in joined:
-        return urls[pgdata]
     end_on_sigterm()
-    refuse_what_cannot_work(pgdata)
-    folder = run_dir(pgdata)
-    starting = lock(folder)
-    try:
-        if SERVER_USER and pgdata.exists():
-            os.chown(pgdata, *server_ids())
-        if not initialised(pgdata):
-            initdb(pgdata, password)
-        if server_pid(pgdata) is None:
-            if WINDOWS and port is None:
-                port = int(urls[pgdata].rsplit("port=", 1)[1]) if pgdata in urls else free_port()
-            start_server(pgdata, port)
-        url = database_url(pgdata)
-        if urls.setdefault(pgdata, url) != url:
-            sys.exit(f"local_postgres: the server on {pgdata} now listens at {url}, not at {urls[pgdata]} where "
-                     "this process connects: restart this program")
-        in_use = Lock(folder / "in-use.lock")
-        in_use.acquire_read_lock()
-        joined[pgdata] = in_use
-    finally:
-        if pgdata not in joined:
-            stop_if_unused(pgdata)  # a start that failed leaves nothing behind either
-        starting.release_write_lock()
+    with one_thread_at_a_time:
+        if pgdata in joined:
+            return urls[pgdata]
+        refuse_what_cannot_work(pgdata)
+        folder = run_dir(pgdata)
+        starting = lock(folder)
+        try:
+            if SERVER_USER and pgdata.exists():
+                os.chown(pgdata, *server_ids())
+            if not initialised(pgdata):
+                initdb(pgdata, password)
+            if server_pid(pgdata) is None:
+                if WINDOWS and port is None:  # the port of this process's last start: its URL stays the same
+                    port = int(urls[pgdata].rsplit("port=", 1)[1]) if pgdata in urls else free_port()
+                start_server(pgdata, port)
+            url = database_url(pgdata)
+            if urls.setdefault(pgdata, url) != url:
+                sys.exit(f"local_postgres: the server on {pgdata} now listens at {url}, not at {urls[pgdata]} where "
+                         "this process connects: restart this program")
+            in_use = Lock(folder / "in-use.lock")
+            in_use.acquire_read_lock()
+            joined[pgdata] = in_use
+        finally:
+            if pgdata not in joined:
+                stop_if_unused(pgdata)  # a start that failed leaves nothing behind either
+            starting.release_write_lock()
     atexit.unregister(stop_all)
     atexit.register(stop_all)
     # processes started from this one (uvicorn's reload worker) inherit the URL
@@ -131,14 +135,15 @@ def start(pgdata: Path = PGDATA, port: int | None = None, password: str | None =
 
 def stop(pgdata: Path = PGDATA) -> None:
     """Let go of the server on pgdata, and stop it if no other process is using it."""
-    if pgdata not in joined:
-        return  # never started, or already stopped
-    starting = lock(run_dir(pgdata))
-    try:
-        joined.pop(pgdata).release_read_lock()
-        last = stop_if_unused(pgdata)
-    finally:
-        starting.release_write_lock()
+    with one_thread_at_a_time:
+        if pgdata not in joined:
+            return  # never started, or already stopped
+        starting = lock(run_dir(pgdata))
+        try:
+            joined.pop(pgdata).release_read_lock()
+            last = stop_if_unused(pgdata)
+        finally:
+            starting.release_write_lock()
     if WINDOWS and last:
         # Windows removes no file that a process holds open, as we held the
         # lock: now remove what nobody holds (a lock in use stays)
@@ -441,18 +446,17 @@ def server_pid(pgdata: Path) -> int | None:
     server is a process named postgres, of the server's user, working in pgdata.
     """
     try:
-        pid = pid_in(pgdata / "postmaster.pid")
-        process = psutil.Process(pid)
+        process = psutil.Process(pid_in(pgdata / "postmaster.pid"))
         with process.oneshot():
             if not process.name().lower().startswith("postgres"):
                 return None
             if not WINDOWS and process.uids().real != (server_ids()[0] if SERVER_USER else os.getuid()):
                 return None
             return process.pid if os.path.samefile(process.cwd(), pgdata) else None
-    except (OSError, ValueError, psutil.NoSuchProcess):  # incl. a zombie: it has ended
+    except (OSError, ValueError, psutil.Error):
+        # no such process, a zombie (it has ended), or one we may not look into: no
+        # server of ours (ours are readable; on Windows, pg_ctl start checks again)
         return None
-    except psutil.AccessDenied:
-        return pid  # cannot look inside: Windows, a server started from an elevated console; never start a second one
 
 
 def stop_server(pgdata: Path) -> None:
