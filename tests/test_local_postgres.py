@@ -722,6 +722,10 @@ def test_initdb_output_in_an_ansi_code_page_gives_one_line(monkeypatch, tmp_path
 @pytest.fixture
 def as_on_windows(monkeypatch, project_copy):
     """local_postgres as on Windows, on project_copy's .pgdata: each subprocess.run call recorded, then run as Windows would."""
+    if local_postgres.SERVER_USER and local_postgres.programs_closed():
+        # as root (no Windows has), where the server's user may not reach the wheel
+        # (CI: a venv in mktemp -d): the programs from a copy it may reach
+        monkeypatch.setattr(local_postgres, "BIN", copy_of_the_wheel(project_copy.parent / "site-packages"))
     monkeypatch.setattr(local_postgres, "WINDOWS", True)
     monkeypatch.setattr(local_postgres.subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200, raising=False)
     monkeypatch.setattr(local_postgres.subprocess, "CREATE_NO_WINDOW", 0x8000000, raising=False)
