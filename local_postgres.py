@@ -465,7 +465,10 @@ def stop_server(pgdata: Path) -> None:
         subprocess.run([programs(run_dir(pgdata)) / "pg_ctl", "stop", "-w", "-m", "fast", "-D", pgdata],
                        capture_output=True, **as_server_user())
     if pgdata in servers and server_pid(pgdata) is None:
-        servers.pop(pgdata).wait()  # started by this process: reaped, no zombie left
+        try:
+            servers.pop(pgdata).wait(timeout=10)  # started by this process: reaped, no zombie left
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def free_port() -> int:
