@@ -114,6 +114,8 @@ def start(pgdata: Path = PGDATA, port: int | None = None, password: str | None =
                 if WINDOWS and port is None:  # the port of this process's last start: its URL stays the same
                     port = int(urls[pgdata].rsplit("port=", 1)[1]) if pgdata in urls else free_port()
                 start_server(pgdata, port)
+            else:  # started by another process; one killed or interrupted may have left it starting
+                wait_until_ready(pgdata)
             url = database_url(pgdata)
             if urls.setdefault(pgdata, url) != url:
                 sys.exit(f"local_postgres: the server on {pgdata} now listens at {url}, not at {urls[pgdata]} where "
@@ -395,26 +397,24 @@ def start_server(pgdata: Path, port: int | None = None) -> None:
     with open(log, "ab") as output:
         if SERVER_USER:
             os.chown(log, *server_ids())  # like every file in pgdata: the server's (pg_ctl -l writes it as that user)
-        server = subprocess.Popen([programs(folder) / "postgres", "-D", pgdata, *listen, "-k", folder],
-                                  stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-                                  start_new_session=True, **as_server_user())
-    try:
-        for _ in range(600):  # up to 60 s, as pg_ctl start -w
-            time.sleep(0.1)
-            lines = postmaster_pid(pgdata) if (pgdata / "postmaster.pid").exists() else []
-            if lines[7:] and lines[0] == str(server.pid) and lines[7].strip() == "ready":
-                servers[pgdata] = server
-                return
-            if server.poll() is not None:
-                break
-    except BaseException:
-        # Ctrl+C or a SIGTERM while it starts: the server stops too (a fast shutdown)
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=60)
-        raise
-    server.kill()
-    server.wait()
-    sys.exit(f"local_postgres: PostgreSQL did not start, its log: {log}")
+        # kept at once: if this process is interrupted while it starts, stop_server() stops it
+        servers[pgdata] = subprocess.Popen([programs(folder) / "postgres", "-D", pgdata, *listen, "-k", folder],
+                                           stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                                           start_new_session=True, **as_server_user())
+    wait_until_ready(pgdata, servers[pgdata])
+
+
+def wait_until_ready(pgdata: Path, server: subprocess.Popen | None = None) -> None:
+    """Wait until the server on pgdata accepts connections (the one this process started, if server); stop with one line if it never does."""
+    for _ in range(600):  # up to 60 s, as pg_ctl start -w
+        lines = postmaster_pid(pgdata) if (pgdata / "postmaster.pid").exists() else []
+        if lines[7:] and lines[7].strip() == "ready" and (server is None or lines[0] == str(server.pid)):
+            return
+        ended = server.poll() is not None if server else server_pid(pgdata) is None
+        if ended:
+            break
+        time.sleep(0.1)
+    sys.exit(f"local_postgres: PostgreSQL did not start, its log: {pgdata / 'log'}")
 
 
 def remove_stale_lock_files(pgdata: Path, folder: Path) -> None:
@@ -464,11 +464,15 @@ def stop_server(pgdata: Path) -> None:
     if server_pid(pgdata) is not None:
         subprocess.run([programs(run_dir(pgdata)) / "pg_ctl", "stop", "-w", "-m", "fast", "-D", pgdata],
                        capture_output=True, **as_server_user())
-    if pgdata in servers and server_pid(pgdata) is None:
+    server = servers.pop(pgdata, None)
+    if server:  # started by this process: stopped even if it is still starting (Ctrl+C then), and reaped
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)  # a fast shutdown, as pg_ctl's
         try:
-            servers.pop(pgdata).wait(timeout=10)  # started by this process: reaped, no zombie left
+            server.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            pass
+            server.kill()
+            server.wait()
 
 
 def free_port() -> int:
