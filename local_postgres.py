@@ -446,16 +446,20 @@ def server_pid(pgdata: Path) -> int | None:
     server is a process named postgres, of the server's user, working in pgdata.
     """
     try:
-        process = psutil.Process(pid_in(pgdata / "postmaster.pid"))
+        pid = pid_in(pgdata / "postmaster.pid")
+        process = psutil.Process(pid)
         with process.oneshot():
             if not process.name().lower().startswith("postgres"):
                 return None
             if not WINDOWS and process.uids().real != (server_ids()[0] if SERVER_USER else os.getuid()):
                 return None
-            return process.pid if os.path.samefile(process.cwd(), pgdata) else None
-    except (OSError, ValueError, psutil.Error):
-        # no such process, a zombie (it has ended), or one we may not look into: no
-        # server of ours (ours are readable; on Windows, pg_ctl start checks again)
+            return pid if os.path.samefile(process.cwd(), pgdata) else None
+    except psutil.AccessDenied:
+        # on Windows, a server started from an elevated console, whose folder a
+        # plain one may not read: ours (and pg_ctl start checks the pid its own
+        # way). Elsewhere only another user's process: not ours.
+        return pid if WINDOWS else None
+    except (OSError, ValueError, psutil.Error):  # no such process, or a zombie: it has ended
         return None
 
 
