@@ -151,6 +151,16 @@ async def test_create_user_body_not_utf8_is_400(client, stored, content):
     assert await stored() == []
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+async def test_create_user_body_in_utf16_or_utf32_is_read_as_json(client, stored, encoding):
+    # JSON may be sent in UTF-16 or UTF-32 (RFC 8259 asks for UTF-8, RFC 4627 allowed them);
+    # Python's decoder tells them apart by their zero bytes: the same user, stored once
+    response = await client.post("/users", content=json.dumps(ANN).encode(encoding), headers=JSON)
+
+    assert response.status_code == 201
+    assert await stored() == [(1, "Ann", "ann@example.com")]
+
+
 def expected_for_deep_json(content):
     """What a deeply nested body gets: 400 if Python's JSON decoder gives up on the depth, else 422 and its error."""
     try:
