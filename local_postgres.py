@@ -201,7 +201,8 @@ def refuse_what_cannot_work(pgdata: Path) -> None:
             except UnicodeEncodeError:
                 sys.exit(f"local_postgres: PostgreSQL cannot use {path}, its name has characters outside this "
                          f"Windows' code page ({code_page}): move the project and its .venv to a folder with a Latin "
-                         "name that only your account may open (README.md: Windows), or set DATABASE_URL")
+                         "name that only your account may open (one made directly on a drive is open to every "
+                         "account), or set DATABASE_URL")
     if SERVER_USER:
         # As root the server runs as SERVER_USER, who must enter the folders above
         # its data and its socket folder: we open none (its programs are copied
