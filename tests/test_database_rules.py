@@ -12,24 +12,6 @@ from test_main import ANN, BOB, create
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def altered(client):
-    """alter(sql, undo_sql): change the (emptied) tables for one test; undone afterwards, last change first."""
-    undo = []
-
-    async def alter(sql, undo_sql):
-        async with engine.begin() as conn:
-            await conn.execute(text(sql))
-        undo.append(undo_sql)
-
-    yield alter
-    async with engine.begin() as conn:
-        for sql in reversed(undo):
-            await conn.execute(text(sql))
-    # statements the pooled connections prepared for the altered tables must be prepared again
-    await engine.dispose()
-
-
 async def test_delete_user_that_another_table_refers_to_is_409_and_keeps_the_user(client, stored, altered):
     # a foreign key without ON DELETE CASCADE, as a learner's posts table may have
     await altered("CREATE TABLE notes (id serial PRIMARY KEY, user_id integer NOT NULL REFERENCES users (id))", "DROP TABLE notes")

@@ -183,39 +183,23 @@ def test_database_url_that_cannot_work_stops_main_py_with_one_line(tcp_url, give
     assert lines[0].startswith(says), lines[0]
 
 
-@pytest.fixture
-async def users_table_altered(client):
-    """alter(sql): change the (emptied) users table for one test (the model stays); undone by undo_sql afterwards."""
-    undo = []
-
-    async def alter(sql, undo_sql):
-        async with engine.begin() as conn:
-            await conn.execute(text(sql))
-        undo.append(undo_sql)
-
-    yield alter
-    async with engine.begin() as conn:
-        for sql in reversed(undo):
-            await conn.execute(text(sql))
-
-
-async def test_table_that_lacks_a_column_of_the_model_stops_with_one_line(users_table_altered):
+async def test_table_that_lacks_a_column_of_the_model_stops_with_one_line(altered):
     # what a learner meets after adding a field to User: create_all does not add the column
-    await users_table_altered("ALTER TABLE users RENAME COLUMN name TO full_name",
+    await altered("ALTER TABLE users RENAME COLUMN name TO full_name",
                               "ALTER TABLE users RENAME COLUMN full_name TO name")
 
     with pytest.raises(SystemExit, match=r"has the columns \['email', 'full_name', 'id'\], the model \['email', 'id', 'name'\]: migrate it"):
         await create_tables()
 
 
-async def test_extra_nullable_column_in_the_table_is_fine(users_table_altered):
-    await users_table_altered("ALTER TABLE users ADD COLUMN nickname text", "ALTER TABLE users DROP COLUMN nickname")
+async def test_extra_nullable_column_in_the_table_is_fine(altered):
+    await altered("ALTER TABLE users ADD COLUMN nickname text", "ALTER TABLE users DROP COLUMN nickname")
 
     await create_tables()  # no SystemExit
 
 
-async def test_extra_not_null_column_without_default_stops_with_one_line(users_table_altered):
-    await users_table_altered("ALTER TABLE users ADD COLUMN age integer NOT NULL", "ALTER TABLE users DROP COLUMN age")
+async def test_extra_not_null_column_without_default_stops_with_one_line(altered):
+    await altered("ALTER TABLE users ADD COLUMN age integer NOT NULL", "ALTER TABLE users DROP COLUMN age")
 
     with pytest.raises(SystemExit, match=r"has the columns \['age', 'email', 'id', 'name'\]"):
         await create_tables()
