@@ -252,7 +252,7 @@ def replace_closed_connection(dbapi_connection, connection_record, connection_pr
         raise DisconnectionError("closed by the server")
 
 
-ASYNCPG_ARGUMENTS = {*signature(asyncpg.connect).parameters, "prepared_statement_cache_size"}
+ASYNCPG_ARGUMENTS = {*signature(asyncpg.connect).parameters, "prepared_statement_cache_size", "prepared_statement_name_func"}
 
 
 @event.listens_for(engine.sync_engine, "do_connect")
@@ -298,7 +298,7 @@ async def create_tables() -> None:
             tables = await conn.run_sync(lambda sync_conn: {t: inspect(sync_conn).get_columns(t) for t in Base.metadata.tables})
         # python main.py checks in an event loop of its own (asyncio.run), then serves in another
         await engine.dispose()
-    except (DBAPIError, ValueError) as exc:  # ValueError: a URL parameter of the wrong kind, connect_timeout=ten
+    except (DBAPIError, TypeError, ValueError) as exc:  # a URL parameter of the wrong kind: connect_timeout=ten
         sys.exit(f"Cannot use the database: {reason(exc)}")
     # create_all never changes a table that exists: after a change to a model, say so here, not
     # with 500s. Only column names are compared (and a NOT NULL column the model would not fill).

@@ -168,11 +168,13 @@ def test_main_py_copied_alone_without_database_url_asks_for_it(tmp_path):
          'Cannot use the database: UndefinedObjectError: unrecognized configuration parameter "channel_binding"'),
         ("{tcp_url}?sslmode=requir", "Cannot use the database: ClientConfigurationError: `sslmode` parameter must be one of"),
         ("{tcp_url}?connect_timeout=ten", "Cannot use the database: ValueError: could not convert string to float: 'ten'"),
+        ("{tcp_url}?statement_cache_size=0", "Cannot use the database: TypeError: "),
         ("postgresql://postgres@127.0.0.1:5432x/postgres", "DATABASE_URL: invalid literal for int() with base 10: '5432x'"),
         ("mysql://postgres@127.0.0.1/postgres", "Cannot use the database: ValueError: DATABASE_URL names mysql://, not PostgreSQL"),
         ("db.example.com:5432", "DATABASE_URL: Could not parse SQLAlchemy URL"),
     ],
     ids=["sslmode-require-without-tls", "ssl-require-without-tls", "channel-binding", "sslmode-typo", "connect-timeout-typo",
+         "asyncpg-number-as-text",
          "port-typo", "mysql", "not-a-url"],
 )
 def test_database_url_that_cannot_work_stops_main_py_with_one_line(tcp_url, given, says):
